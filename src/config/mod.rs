@@ -1,0 +1,367 @@
+//! The one TOML config file. Every section is named after the pipeline stage that reads it,
+//! every default sits in a `Default` impl here, and `load` rejects unknown keys and bad
+//! values with an error that names the file, the key and the value.
+
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, ConfigDuration};
+
+/// The commented example that `sealgate init` writes.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity and file locations.
+    pub server: ServerConfig,
+    /// The SMTP listener that staff mail servers relay through.
+    pub inbound: InboundConfig,
+    /// Which domains are secure.
+    pub policy: PolicyConfig,
+    /// Outbound SMTP: DNS, TLS trust and static routes.
+    pub delivery: DeliveryConfig,
+    /// Retry schedule and queue lifetime.
+    pub queue: QueueConfig,
+}
+
+/// `[server]`: identity and file locations.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Host name used in the SMTP greeting, EHLO to next hops, `Received:` and DSNs.
+    /// Default: `localhost`.
+    pub hostname: String,
+    /// Folder holding the queue database. Relative paths are taken from the working
+    /// directory. Default: `./data`.
+    pub data_dir: PathBuf,
+    /// Folder holding TLS certificates and keys. Default: `./keys`.
+    pub keys_dir: PathBuf,
+    /// Address that DSNs are sent from, as `MAILER-DAEMON@hostname` when empty.
+    /// The envelope sender of a DSN is always the null sender.
+    pub postmaster: String,
+}
+
+/// `[inbound]`: the SMTP listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    /// Addresses to listen on. Default: `["127.0.0.1:2525"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Client networks allowed to relay without AUTH. Default: loopback only.
+    pub relay_networks: Vec<IpNet>,
+    /// Reject MAIL with `530 5.7.0` until the client has done STARTTLS. Default: false.
+    pub require_tls: bool,
+    /// TLS certificate chain (PEM), relative to `server.keys_dir`. Default: `tls.crt`.
+    pub tls_certificate: PathBuf,
+    /// TLS private key (PEM), relative to `server.keys_dir`. Default: `tls.key`.
+    pub tls_key: PathBuf,
+    /// Largest message accepted, checked against `SIZE=` and while receiving.
+    /// Default: `35MB`.
+    pub max_message_size: ByteSize,
+    /// Most recipients in one transaction. Default: 100.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 sets 512 as the
+    /// minimum). Default: 2048.
+    pub max_command_line: usize,
+    /// Longest line of message text, CRLF included (RFC 5322 §2.1.1 sets 1000).
+    /// Default: 1000.
+    pub max_text_line: usize,
+    /// Time allowed for each command. Default: `5m`.
+    pub command_timeout: ConfigDuration,
+    /// Time allowed for the whole DATA transfer. Default: `10m`.
+    pub data_timeout: ConfigDuration,
+    /// Bad commands before the session is closed with `421 4.7.0`. Default: 10.
+    pub max_bad_commands: u32,
+    /// Failed AUTH attempts before the session is closed. Each failure also waits a
+    /// growing delay before the reply. Default: 3.
+    pub max_auth_failures: u32,
+    /// Concurrent sessions; more get `421 4.3.2`. Default: 200.
+    pub max_sessions: usize,
+    /// SMTP AUTH users. AUTH is offered only after STARTTLS.
+    pub users: Vec<SmtpUser>,
+}
+
+/// One `[[inbound.users]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpUser {
+    /// Login name.
+    pub name: String,
+    /// Argon2 PHC string, as printed by `sealgate hash-password`.
+    pub password_hash: String,
+}
+
+/// `[policy]`: routing decisions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Secure domains: exact names (`nhs.net`) or `*.suffix` for every subdomain of the
+    /// suffix (not the suffix itself). Mail to them leaves only over verified TLS.
+    /// Default: `["nhs.net", "*.nhs.net"]`.
+    pub secure_domains: Vec<String>,
+}
+
+/// `[delivery]`: outbound SMTP.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Host name sent in EHLO. Default: `server.hostname`.
+    pub helo_name: Option<String>,
+    /// Port used for MX hosts. Default: 25.
+    pub mx_port: u16,
+    /// DNS servers (`ip` or `ip:port`); the system resolver config when empty.
+    pub dns_servers: Vec<String>,
+    /// Extra trust anchors (PEM files, relative to `server.keys_dir`) added to the
+    /// built-in web PKI roots for certificate verification.
+    pub trust_anchors: Vec<PathBuf>,
+    /// Trust the built-in web PKI roots. Default: true.
+    pub webpki_roots: bool,
+    /// Time allowed to connect. Default: `30s`.
+    pub connect_timeout: ConfigDuration,
+    /// Time allowed for each command reply. Default: `5m`.
+    pub command_timeout: ConfigDuration,
+    /// Time allowed for the message transfer and its final reply. Default: `10m`.
+    pub data_timeout: ConfigDuration,
+    /// Messages delivered at the same time. Default: 20.
+    pub concurrency: usize,
+    /// Static routes, like Postfix's transport maps.
+    pub routes: Vec<StaticRoute>,
+}
+
+/// One `[[delivery.routes]]` entry: mail for `domain` goes to `host:port` instead of the MX.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    /// Recipient domain, exact or `*.suffix`.
+    pub domain: String,
+    /// Next hop: a host name or an IP address.
+    pub host: String,
+    /// Next hop port. Default: 25.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// Name the next hop's certificate must match when the route requires verified TLS.
+    /// Default: `host`.
+    pub tls_name: Option<String>,
+}
+
+/// `[queue]`: retries and lifetime.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Delays between attempts; the last one repeats. Default: `["1m", "5m", "15m",
+    /// "30m", "1h", "2h", "4h"]`.
+    pub retry_schedule: Vec<ConfigDuration>,
+    /// Age after which an undelivered recipient is bounced. Default: `5d`.
+    pub max_lifetime: ConfigDuration,
+    /// How often the queue is scanned for due deliveries, so that `sealgate queue
+    /// flush` and other instances' changes are noticed. Default: `1s`.
+    pub scan_interval: ConfigDuration,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            data_dir: "./data".into(),
+            keys_dir: "./keys".into(),
+            postmaster: String::new(),
+        }
+    }
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            relay_networks: vec![
+                "127.0.0.0/8".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+            require_tls: false,
+            tls_certificate: "tls.crt".into(),
+            tls_key: "tls.key".into(),
+            max_message_size: ByteSize(35_000_000),
+            max_recipients: 100,
+            max_command_line: 2048,
+            max_text_line: 1000,
+            command_timeout: ConfigDuration::secs(300),
+            data_timeout: ConfigDuration::secs(600),
+            max_bad_commands: 10,
+            max_auth_failures: 3,
+            max_sessions: 200,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            secure_domains: vec!["nhs.net".into(), "*.nhs.net".into()],
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            helo_name: None,
+            mx_port: 25,
+            dns_servers: Vec::new(),
+            trust_anchors: Vec::new(),
+            webpki_roots: true,
+            connect_timeout: ConfigDuration::secs(30),
+            command_timeout: ConfigDuration::secs(300),
+            data_timeout: ConfigDuration::secs(600),
+            concurrency: 20,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            retry_schedule: ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+                .iter()
+                .map(|text| text.parse().expect("literal duration"))
+                .collect(),
+            max_lifetime: ConfigDuration::secs(5 * 86_400),
+            scan_interval: ConfigDuration::secs(1),
+        }
+    }
+}
+
+/// A config file that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a key has the wrong type or an unknown name.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key and value.
+        message: String,
+    },
+    /// A key parsed but its value is not acceptable.
+    #[error("{path}: {key} = {value}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, such as `policy.secure_domains[2]`.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Parse`] for bad
+    /// TOML, unknown keys and wrong types, [`ConfigError::Invalid`] for values that fail
+    /// validation.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used only in errors.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Config::load`], less the read error.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|error| parse_error(error.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            let detail = inner.message().trim_end().to_owned();
+            let location = inner
+                .span()
+                .map(|span| line_of(text, span.start))
+                .map(|line| format!(" (line {line})"))
+                .unwrap_or_default();
+            if key == "." || key.is_empty() {
+                parse_error(format!("{detail}{location}"))
+            } else {
+                parse_error(format!("key {key}{location}: {detail}"))
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The embedded development default: loopback listeners, `./data` and `./keys`.
+    pub fn development() -> Config {
+        Config::default()
+    }
+
+    /// Host name sent in EHLO to next hops.
+    pub fn helo_name(&self) -> &str {
+        self.delivery
+            .helo_name
+            .as_deref()
+            .unwrap_or(&self.server.hostname)
+    }
+
+    /// Address DSNs are sent from.
+    pub fn postmaster(&self) -> String {
+        if self.server.postmaster.is_empty() {
+            format!("MAILER-DAEMON@{}", self.server.hostname)
+        } else {
+            self.server.postmaster.clone()
+        }
+    }
+
+    /// Resolves a file named in the config relative to `server.keys_dir`.
+    pub fn key_path(&self, file: &Path) -> PathBuf {
+        self.server.keys_dir.join(file)
+    }
+
+    /// Path of the queue database.
+    pub fn database_path(&self) -> PathBuf {
+        self.server.data_dir.join("queue.sqlite")
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|byte| **byte == b'\n')
+        .count()
+        + 1
+}

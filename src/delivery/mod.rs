@@ -1,0 +1,192 @@
+//! Outbound delivery: find the next hops for a recipient domain (MX or static route), open
+//! SMTP with the TLS level the route demands, and report a result per recipient.
+//!
+//! Delivery never decides routes and never touches the queue: it gets one [`DeliveryJob`]
+//! (one sender, one domain, one route) and returns an [`AttemptReport`]. The queue manager
+//! turns that into retries, bounces and log lines.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::policy::TlsRequirement;
+
+/// One delivery attempt's input: recipients of one domain on one route.
+#[derive(Clone, Debug)]
+pub struct DeliveryJob<'a> {
+    /// Queue id, for log context.
+    pub queue_id: &'a str,
+    /// Envelope sender; empty for the null sender.
+    pub sender: &'a str,
+    /// Recipient domain, lowercased.
+    pub domain: &'a str,
+    /// Recipients, all in `domain`.
+    pub recipients: &'a [String],
+    /// Message bytes, CRLF line endings, not dot-stuffed.
+    pub body: &'a [u8],
+    /// TLS level that must be reached.
+    pub tls: TlsRequirement,
+    /// The body has 8-bit bytes, so the next hop must offer 8BITMIME.
+    pub body_8bit: bool,
+    /// The envelope or headers need SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// What one attempt did.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    /// The last host tried, as `name[ip]:port`, when any connection was made.
+    pub relay: Option<String>,
+    /// TLS on the connection that carried (or last tried to carry) the message.
+    pub tls: TlsOutcome,
+    /// Time spent on DNS, connecting, greeting and TLS.
+    pub connect_time: Duration,
+    /// Time spent sending the envelope and data.
+    pub transfer_time: Duration,
+    /// One result per recipient of the job, in job order.
+    pub results: Vec<RecipientResult>,
+}
+
+/// The result for one recipient.
+#[derive(Clone, Debug)]
+pub struct RecipientResult {
+    /// Envelope address.
+    pub recipient: String,
+    /// Sent, deferred or bounced.
+    pub status: DeliveryStatus,
+}
+
+/// Temporary versus permanent is part of the type, so callers cannot forget it.
+#[derive(Clone, Debug)]
+pub enum DeliveryStatus {
+    /// The next hop accepted the message for this recipient.
+    Sent(Reply),
+    /// A temporary failure; retry later.
+    Deferred(Failure),
+    /// A permanent failure; send a DSN.
+    Bounced(Failure),
+}
+
+/// TLS on a connection, ordered so that `<` means weaker.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsOutcome {
+    /// No connection was made.
+    NotConnected,
+    /// Clear text.
+    Plain,
+    /// Encrypted, certificate not verified.
+    Unverified {
+        /// Such as `TLSv1.3`.
+        version: String,
+    },
+    /// Encrypted, certificate chain and name verified.
+    Verified {
+        /// Such as `TLSv1.3`.
+        version: String,
+    },
+}
+
+/// An SMTP reply from a remote server, kept whole for DSNs and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Basic code, such as 250.
+    pub code: u16,
+    /// Enhanced status code, such as `2.0.0`, when the server sent one.
+    pub enhanced: Option<String>,
+    /// Reply text, lines joined with spaces.
+    pub text: String,
+}
+
+/// Why an attempt failed for a recipient.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The host involved, as `name[ip]:port`, when a connection was made.
+    pub host: Option<String>,
+    /// The step that failed.
+    pub stage: Stage,
+    /// What went wrong, in words.
+    pub detail: String,
+    /// The remote reply, when the failure was a reply.
+    pub reply: Option<Reply>,
+    /// Enhanced status code for the DSN and the log, such as `4.7.5`.
+    pub status: String,
+}
+
+/// The step of an attempt, for failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// MX or address lookup.
+    Dns,
+    /// TCP connection or greeting.
+    Connect,
+    /// EHLO or HELO.
+    Ehlo,
+    /// STARTTLS and the handshake, including certificate checks.
+    Tls,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// DATA and the final reply.
+    Data,
+    /// The message cannot be sent as it is to this next hop (8BITMIME, SMTPUTF8).
+    Conversion,
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.enhanced {
+            Some(enhanced) => write!(f, "{} {} {}", self.code, enhanced, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
+impl fmt::Display for TlsOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsOutcome::NotConnected => f.write_str("none"),
+            TlsOutcome::Plain => f.write_str("plain"),
+            TlsOutcome::Unverified { version } => write!(f, "{version}/unverified"),
+            TlsOutcome::Verified { version } => write!(f, "{version}/verified"),
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Dns => "dns",
+            Stage::Connect => "connect",
+            Stage::Ehlo => "ehlo",
+            Stage::Tls => "tls",
+            Stage::MailFrom => "mail-from",
+            Stage::RcptTo => "rcpt-to",
+            Stage::Data => "data",
+            Stage::Conversion => "conversion",
+        })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.host, &self.reply) {
+            (Some(host), Some(reply)) => {
+                write!(f, "host {host} said: {reply} (in reply to {})", self.stage)
+            }
+            (Some(host), None) => write!(f, "{host}: {}", self.detail),
+            (None, _) => f.write_str(&self.detail),
+        }
+    }
+}
+
+impl DeliveryStatus {
+    /// The enhanced status code for logs and DSNs.
+    pub fn dsn_code(&self) -> String {
+        match self {
+            DeliveryStatus::Sent(reply) => reply.enhanced.clone().unwrap_or_else(|| "2.0.0".into()),
+            DeliveryStatus::Deferred(failure) | DeliveryStatus::Bounced(failure) => {
+                failure.status.clone()
+            }
+        }
+    }
+}

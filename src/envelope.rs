@@ -1,0 +1,77 @@
+//! The values that pass between pipeline stages: an accepted message with its envelope, and
+//! the queue id that names it in every log line and reply.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Names one accepted message: 16 uppercase hex digits, random.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(String);
+
+impl QueueId {
+    /// Draws a new random id.
+    pub fn generate() -> QueueId {
+        QueueId(format!("{:016X}", rand::random::<u64>()))
+    }
+
+    /// Accepts an id read back from the queue or typed by an operator.
+    pub fn parse(text: &str) -> Option<QueueId> {
+        let valid = text.len() == 16 && text.bytes().all(|byte| byte.is_ascii_hexdigit());
+        valid.then(|| QueueId(text.to_ascii_uppercase()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Facts about the SMTP client that handed a message over.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// EHLO or HELO argument, as sent.
+    pub helo: String,
+    /// Negotiated TLS version and cipher, when the session used STARTTLS.
+    pub tls: Option<String>,
+    /// AUTH identity, when the client authenticated.
+    pub auth_user: Option<String>,
+}
+
+/// A message the inbound stage accepted and wants committed to the spool.
+#[derive(Clone, Debug)]
+pub struct AcceptedMessage {
+    /// Envelope sender; empty for the null sender `<>`.
+    pub sender: String,
+    /// Envelope recipients, in RCPT order, without duplicates.
+    pub recipients: Vec<String>,
+    /// The message as received, with sealgate's `Received:` header prepended and CRLF
+    /// line endings, dot-stuffing removed.
+    pub body: Vec<u8>,
+    /// The body contains bytes above 127 (or the client declared `BODY=8BITMIME`).
+    pub body_8bit: bool,
+    /// The client declared `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// Who sent it.
+    pub client: ClientInfo,
+}
+
+/// Formats an envelope address for logs and replies, `<>` for the null sender.
+pub fn display_address(address: &str) -> String {
+    format!("<{}>", crate::telemetry::escape(address))
+}
+
+/// The domain of an address, lowercased; empty for an address without `@`.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, domain)| domain.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}

@@ -1,0 +1,1 @@
+//! The SMTP server that staff mail servers relay through.

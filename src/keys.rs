@@ -1,0 +1,1 @@
+//! TLS keys: loading the listener certificate and creating development keys.

@@ -1,0 +1,17 @@
+//! sealgate: an outbound email encryption gateway for health and care organisations.
+//!
+//! Staff mail servers relay outbound mail to it as their smarthost. For every recipient it
+//! decides how the message may leave (forced TLS to secure domains, opportunistic TLS to
+//! everyone else) and delivers it from a durable queue. The modules follow the pipeline:
+//!
+//! `inbound` (SMTP server) → `queue` (spool, schedule, DSNs) → `policy` (routes) →
+//! `delivery` (MX lookup, outbound SMTP with the route's TLS level).
+
+pub mod config;
+pub mod delivery;
+pub mod envelope;
+pub mod inbound;
+pub mod keys;
+pub mod policy;
+pub mod queue;
+pub mod telemetry;

@@ -1,0 +1,26 @@
+//! The durable queue: the spool that commits accepted mail before `250`, the per-recipient
+//! delivery state, the retry schedule and DSNs.
+
+mod spool;
+
+pub use spool::Spool;
+
+/// A queue operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database refused or failed an operation.
+    #[error("queue database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The spool writer has stopped, so nothing more can be committed.
+    #[error("spool writer has stopped")]
+    SpoolClosed,
+    /// A file or folder of the queue could not be used.
+    #[error("failed to use {path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
