@@ -2,6 +2,7 @@
 //! delivery state, the retry schedule and DSNs.
 
 mod spool;
+pub mod store;
 
 pub use spool::Spool;
 
@@ -11,6 +12,9 @@ pub enum QueueError {
     /// The database refused or failed an operation.
     #[error("queue database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// A spool commit failed; nothing of the batch was stored.
+    #[error("spool commit failed: {0}")]
+    CommitFailed(String),
     /// The spool writer has stopped, so nothing more can be committed.
     #[error("spool writer has stopped")]
     SpoolClosed,

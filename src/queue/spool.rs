@@ -1,19 +1,55 @@
-//! Group commit of accepted messages.
+//! Group commit of accepted messages. Sessions hand their message to one writer thread and
+//! wait; the writer commits everything that arrived while the previous commit was on its
+//! way to disk in a single transaction, so N concurrent sessions cost one fsync, not N.
 
-use crate::envelope::{AcceptedMessage, QueueId};
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::QueueError;
+use super::store::Store;
+use crate::envelope::{AcceptedMessage, QueueId};
+
+/// Messages per transaction at most, so one commit never holds up the first waiter for long.
+const MAX_BATCH_MESSAGES: usize = 256;
+/// Body bytes per transaction at most.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Messages waiting for the writer before `submit` itself waits.
+const QUEUE_DEPTH: usize = 1024;
+
+struct Submission {
+    message: AcceptedMessage,
+    is_dsn: bool,
+    reply: oneshot::Sender<Result<QueueId, QueueError>>,
+}
 
 /// Handle for committing accepted messages; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
-    sender: tokio::sync::mpsc::Sender<(
-        AcceptedMessage,
-        tokio::sync::oneshot::Sender<Result<QueueId, QueueError>>,
-    )>,
+    sender: mpsc::Sender<Submission>,
 }
 
 impl Spool {
+    /// Opens the database and starts the writer thread. `committed` is notified after each
+    /// commit, so the queue manager routes new mail without waiting for its next scan.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Store::open`].
+    pub fn start(database: &Path, committed: Arc<Notify>) -> Result<Spool, QueueError> {
+        let store = Store::open(database)?;
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || run_writer(store, receiver, committed))
+            .map_err(|source| QueueError::Io {
+                path: database.to_owned(),
+                source,
+            })?;
+        Ok(Spool { sender })
+    }
+
     /// Commits a message and its envelope to disk (fsync) and returns its queue id. Only
     /// after this returns `Ok` may the client be told `250`.
     ///
@@ -21,11 +57,76 @@ impl Spool {
     ///
     /// [`QueueError`] when the commit failed; the client must then get a `451`.
     pub async fn submit(&self, message: AcceptedMessage) -> Result<QueueId, QueueError> {
-        let (reply, receiver) = tokio::sync::oneshot::channel();
+        self.submit_with(message, false).await
+    }
+
+    /// Commits a delivery status notification that sealgate wrote.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Spool::submit`].
+    pub async fn submit_dsn(&self, message: AcceptedMessage) -> Result<QueueId, QueueError> {
+        self.submit_with(message, true).await
+    }
+
+    async fn submit_with(
+        &self,
+        message: AcceptedMessage,
+        is_dsn: bool,
+    ) -> Result<QueueId, QueueError> {
+        let (reply, receiver) = oneshot::channel();
+        let submission = Submission {
+            message,
+            is_dsn,
+            reply,
+        };
         self.sender
-            .send((message, reply))
+            .send(submission)
             .await
             .map_err(|_| QueueError::SpoolClosed)?;
         receiver.await.map_err(|_| QueueError::SpoolClosed)?
+    }
+}
+
+fn run_writer(mut store: Store, mut receiver: mpsc::Receiver<Submission>, committed: Arc<Notify>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].message.body.len();
+        while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    bytes += next.message.body.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let ids: Vec<QueueId> = batch.iter().map(|_| QueueId::generate()).collect();
+        let rows: Vec<(QueueId, &AcceptedMessage, bool)> = ids
+            .iter()
+            .zip(&batch)
+            .map(|(id, submission)| (id.clone(), &submission.message, submission.is_dsn))
+            .collect();
+        let result = store.insert_messages(&rows);
+        drop(rows);
+
+        match result {
+            Ok(()) => {
+                tracing::debug!(messages = batch.len(), bytes, "spool commit");
+                committed.notify_one();
+                for (submission, id) in batch.into_iter().zip(ids) {
+                    let _ = submission.reply.send(Ok(id));
+                }
+            }
+            Err(error) => {
+                tracing::error!(messages = batch.len(), %error, "spool commit failed");
+                for submission in batch {
+                    let _ = submission
+                        .reply
+                        .send(Err(QueueError::CommitFailed(error.to_string())));
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,464 @@
+//! The queue database: messages with their envelope and body, and one row per recipient
+//! with its route, delivery state and last result.
+//!
+//! SQLite in WAL mode with `synchronous = FULL`, so a committed transaction is on disk
+//! before the commit returns. The SQL keeps to what PostgreSQL also accepts, so the same
+//! schema can back several instances later.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::QueueError;
+use crate::envelope::{AcceptedMessage, QueueId};
+use crate::policy::Route;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    routed_at   BIGINT,
+    size        BIGINT NOT NULL,
+    body_8bit   INTEGER NOT NULL,
+    smtputf8    INTEGER NOT NULL,
+    client      TEXT NOT NULL,
+    auth_user   TEXT,
+    is_dsn      INTEGER NOT NULL,
+    body        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id    TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    position      INTEGER NOT NULL,
+    address       TEXT NOT NULL,
+    route         TEXT,
+    reason        TEXT,
+    state         TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  BIGINT NOT NULL,
+    claimed_until BIGINT NOT NULL DEFAULT 0,
+    last_status   TEXT,
+    last_relay    TEXT,
+    last_tls      TEXT,
+    last_detail   TEXT,
+    PRIMARY KEY (message_id, address)
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
+";
+
+/// Delivery state of one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipientState {
+    /// Not yet routed by policy.
+    Incoming,
+    /// Waiting for its next attempt.
+    Pending,
+    /// Accepted by the next hop.
+    Sent,
+    /// Failed permanently or expired; a DSN has been queued when the sender is not `<>`.
+    Bounced,
+}
+
+/// A recipient row as the CLI and the manager read it.
+#[derive(Clone, Debug)]
+pub struct RecipientRow {
+    /// Envelope address.
+    pub address: String,
+    /// Route name, once routed.
+    pub route: Option<String>,
+    /// Why it got that route.
+    pub reason: Option<String>,
+    /// Delivery state.
+    pub state: RecipientState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt.
+    pub next_attempt: i64,
+    /// Enhanced status code of the last attempt.
+    pub last_status: Option<String>,
+    /// Relay of the last attempt.
+    pub last_relay: Option<String>,
+    /// TLS of the last attempt.
+    pub last_tls: Option<String>,
+    /// Reply or failure text of the last attempt.
+    pub last_detail: Option<String>,
+}
+
+/// A message row without its body.
+#[derive(Clone, Debug)]
+pub struct MessageSummary {
+    /// Queue id.
+    pub id: QueueId,
+    /// Envelope sender, empty for `<>`.
+    pub sender: String,
+    /// Unix milliseconds of acceptance.
+    pub received_at: i64,
+    /// Unix milliseconds of routing, once routed.
+    pub routed_at: Option<i64>,
+    /// Body size in bytes.
+    pub size: u64,
+    /// The body has 8-bit bytes.
+    pub body_8bit: bool,
+    /// The client declared SMTPUTF8.
+    pub smtputf8: bool,
+    /// Client description, `helo[ip]:port`.
+    pub client: String,
+    /// The message is a DSN sealgate wrote.
+    pub is_dsn: bool,
+}
+
+/// The last result of an attempt, stored per recipient.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptRecord {
+    /// Enhanced status code.
+    pub status: String,
+    /// `host[ip]:port`, when a connection was made.
+    pub relay: Option<String>,
+    /// TLS outcome as text.
+    pub tls: String,
+    /// Reply or failure text.
+    pub detail: String,
+}
+
+/// One open connection to the queue database.
+pub struct Store {
+    connection: Connection,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `path` and applies the schema.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Io`] when the folder cannot be created, [`QueueError::Database`]
+    /// when SQLite cannot open or set up the file.
+    pub fn open(path: &Path) -> Result<Store, QueueError> {
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).map_err(|source| QueueError::Io {
+                path: folder.to_owned(),
+                source,
+            })?;
+        }
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(std::time::Duration::from_secs(30))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Store { connection })
+    }
+
+    /// Inserts accepted messages in one transaction; the commit is the fsync that the
+    /// `250` reply waits for.
+    pub fn insert_messages(
+        &mut self,
+        messages: &[(QueueId, &AcceptedMessage, bool)],
+    ) -> Result<(), QueueError> {
+        let now = now_millis();
+        let transaction = self.connection.transaction()?;
+        {
+            let mut insert_message = transaction.prepare_cached(
+                "INSERT INTO messages (id, sender, received_at, size, body_8bit, smtputf8,
+                     client, auth_user, is_dsn, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut insert_recipient = transaction.prepare_cached(
+                "INSERT INTO recipients (message_id, position, address, state, next_attempt)
+                 VALUES (?1, ?2, ?3, 'incoming', ?4)",
+            )?;
+            for (id, message, is_dsn) in messages {
+                let client = format!(
+                    "{}[{}]:{}",
+                    message.client.helo,
+                    message.client.addr.ip(),
+                    message.client.addr.port()
+                );
+                insert_message.execute(params![
+                    id.as_str(),
+                    message.sender,
+                    now,
+                    message.body.len() as i64,
+                    message.body_8bit,
+                    message.smtputf8,
+                    client,
+                    message.client.auth_user,
+                    is_dsn,
+                    message.body,
+                ])?;
+                for (position, address) in message.recipients.iter().enumerate() {
+                    insert_recipient.execute(params![
+                        id.as_str(),
+                        position as i64,
+                        address,
+                        now
+                    ])?;
+                }
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Ids of messages that still have unrouted recipients, oldest first.
+    pub fn incoming_messages(&self, limit: usize) -> Result<Vec<QueueId>, QueueError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT DISTINCT m.id, m.received_at FROM messages m
+             JOIN recipients r ON r.message_id = m.id
+             WHERE r.state = 'incoming' ORDER BY m.received_at LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit as i64], |row| row.get::<_, String>(0))?;
+        collect_ids(rows)
+    }
+
+    /// Stores the route of each recipient and makes them due now.
+    pub fn set_routes(
+        &mut self,
+        id: &QueueId,
+        routes: &[(String, Route, String)],
+    ) -> Result<(), QueueError> {
+        let now = now_millis();
+        let transaction = self.connection.transaction()?;
+        {
+            let mut update = transaction.prepare_cached(
+                "UPDATE recipients SET route = ?3, reason = ?4, state = 'pending', next_attempt = ?5
+                 WHERE message_id = ?1 AND address = ?2 AND state = 'incoming'",
+            )?;
+            for (address, route, reason) in routes {
+                update.execute(params![id.as_str(), address, route.as_str(), reason, now])?;
+            }
+            transaction.execute(
+                "UPDATE messages SET routed_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Claims due recipients for delivery until `lease_until`, so that no other scan or
+    /// instance starts them again, and returns `(message id, address, route)` triples.
+    pub fn claim_due(
+        &mut self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, String, String)>, QueueError> {
+        let transaction = self.connection.transaction()?;
+        let claimed = {
+            let mut select = transaction.prepare_cached(
+                "SELECT message_id, address, route FROM recipients
+                 WHERE state = 'pending' AND next_attempt <= ?1 AND claimed_until <= ?1
+                 ORDER BY next_attempt LIMIT ?2",
+            )?;
+            let rows = select
+                .query_map(params![now, limit as i64], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<(String, String, String)>, _>>()?;
+            let mut claim = transaction.prepare_cached(
+                "UPDATE recipients SET claimed_until = ?3 WHERE message_id = ?1 AND address = ?2",
+            )?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for (id, address, route) in rows {
+                claim.execute(params![id, address, lease_until])?;
+                if let Some(id) = QueueId::parse(&id) {
+                    claimed.push((id, address, route));
+                }
+            }
+            claimed
+        };
+        transaction.commit()?;
+        Ok(claimed)
+    }
+
+    /// Releases every claim. A single instance calls this at startup: claims left by a
+    /// process that died would otherwise delay its mail until the lease ran out.
+    pub fn release_claims(&self) -> Result<usize, QueueError> {
+        Ok(self.connection.execute(
+            "UPDATE recipients SET claimed_until = 0 WHERE claimed_until <> 0",
+            [],
+        )?)
+    }
+
+    /// Reads a message's summary.
+    pub fn message(&self, id: &QueueId) -> Result<Option<MessageSummary>, QueueError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn
+             FROM messages WHERE id = ?1",
+        )?;
+        Ok(statement
+            .query_row([id.as_str()], summary_from_row)
+            .optional()?)
+    }
+
+    /// Reads a message's body.
+    pub fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, QueueError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT body FROM messages WHERE id = ?1")?;
+        Ok(statement
+            .query_row([id.as_str()], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Reads all recipients of a message, in RCPT order.
+    pub fn recipients(&self, id: &QueueId) -> Result<Vec<RecipientRow>, QueueError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT address, route, reason, state, attempts, next_attempt, last_status,
+                    last_relay, last_tls, last_detail
+             FROM recipients WHERE message_id = ?1 ORDER BY position",
+        )?;
+        let rows = statement.query_map([id.as_str()], |row| {
+            Ok(RecipientRow {
+                address: row.get(0)?,
+                route: row.get(1)?,
+                reason: row.get(2)?,
+                state: parse_state(&row.get::<_, String>(3)?),
+                attempts: row.get(4)?,
+                next_attempt: row.get(5)?,
+                last_status: row.get(6)?,
+                last_relay: row.get(7)?,
+                last_tls: row.get(8)?,
+                last_detail: row.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records an attempt's result for one recipient: its new state, the next attempt time
+    /// (for `Pending`) and the facts of the attempt. Releases the claim.
+    pub fn record_attempt(
+        &mut self,
+        id: &QueueId,
+        address: &str,
+        state: RecipientState,
+        next_attempt: i64,
+        record: &AttemptRecord,
+    ) -> Result<(), QueueError> {
+        self.connection.execute(
+            "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4,
+                 claimed_until = 0, last_status = ?5, last_relay = ?6, last_tls = ?7,
+                 last_detail = ?8
+             WHERE message_id = ?1 AND address = ?2",
+            params![
+                id.as_str(),
+                address,
+                state_name(state),
+                next_attempt,
+                record.status,
+                record.relay,
+                record.tls,
+                record.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a message whose recipients are all sent or bounced; returns whether it did.
+    pub fn delete_if_done(&mut self, id: &QueueId) -> Result<bool, QueueError> {
+        let open: i64 = self.connection.query_row(
+            "SELECT COUNT(*) FROM recipients
+             WHERE message_id = ?1 AND state IN ('incoming', 'pending')",
+            [id.as_str()],
+            |row| row.get(0),
+        )?;
+        if open > 0 {
+            return Ok(false);
+        }
+        self.delete(id)
+    }
+
+    /// Deletes a message and its recipients; returns whether it existed.
+    pub fn delete(&mut self, id: &QueueId) -> Result<bool, QueueError> {
+        let transaction = self.connection.transaction()?;
+        transaction.execute(
+            "DELETE FROM recipients WHERE message_id = ?1",
+            [id.as_str()],
+        )?;
+        let deleted = transaction.execute("DELETE FROM messages WHERE id = ?1", [id.as_str()])?;
+        transaction.commit()?;
+        Ok(deleted > 0)
+    }
+
+    /// Makes every pending recipient due now; returns how many.
+    pub fn flush(&self) -> Result<usize, QueueError> {
+        Ok(self.connection.execute(
+            "UPDATE recipients SET next_attempt = ?1 WHERE state = 'pending'",
+            [now_millis()],
+        )?)
+    }
+
+    /// Summaries of every message in the queue, oldest first.
+    pub fn list(&self) -> Result<Vec<MessageSummary>, QueueError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn
+             FROM messages ORDER BY received_at",
+        )?;
+        let rows = statement.query_map([], summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageSummary> {
+    let id: String = row.get(0)?;
+    Ok(MessageSummary {
+        id: QueueId::parse(&id).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("invalid queue id {id:?}").into(),
+            )
+        })?,
+        sender: row.get(1)?,
+        received_at: row.get(2)?,
+        routed_at: row.get(3)?,
+        size: row.get::<_, i64>(4)? as u64,
+        body_8bit: row.get(5)?,
+        smtputf8: row.get(6)?,
+        client: row.get(7)?,
+        is_dsn: row.get(8)?,
+    })
+}
+
+fn collect_ids(
+    rows: impl Iterator<Item = rusqlite::Result<String>>,
+) -> Result<Vec<QueueId>, QueueError> {
+    let mut ids = Vec::new();
+    for row in rows {
+        if let Some(id) = QueueId::parse(&row?) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn state_name(state: RecipientState) -> &'static str {
+    match state {
+        RecipientState::Incoming => "incoming",
+        RecipientState::Pending => "pending",
+        RecipientState::Sent => "sent",
+        RecipientState::Bounced => "bounced",
+    }
+}
+
+fn parse_state(name: &str) -> RecipientState {
+    match name {
+        "incoming" => RecipientState::Incoming,
+        "sent" => RecipientState::Sent,
+        "bounced" => RecipientState::Bounced,
+        _ => RecipientState::Pending,
+    }
+}
