@@ -1,1 +1,379 @@
-fn main() {}
+//! The `sealgate` command: run the gateway, check and create configs, and inspect the queue.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use sealgate::config::{Config, EXAMPLE_CONFIG};
+use sealgate::delivery::SmtpCourier;
+use sealgate::envelope::{QueueId, display_address};
+use sealgate::inbound::{self, InboundContext};
+use sealgate::keys;
+use sealgate::policy::Router;
+use sealgate::queue::store::{RecipientState, Store, now_millis};
+use sealgate::queue::{QueueManager, Spool};
+use tokio::sync::Notify;
+
+#[derive(Parser)]
+#[command(name = "sealgate", version, about = "Outbound email encryption gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SMTP listener and the delivery queue.
+    Serve {
+        /// Config file; without it, the embedded development default is used
+        /// (loopback listener on 127.0.0.1:2525, data in ./data, keys in ./keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print the first error, naming the key and value.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Write a commented example config and development keys into a folder.
+    Init {
+        /// Folder to create or fill; existing files are kept.
+        dir: PathBuf,
+    },
+    /// Inspect and change the delivery queue.
+    Queue {
+        /// Config file (for the data folder); the development default without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Print the route each recipient address would get, and why, without sending.
+    Route {
+        /// Config file; the development default without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Recipient addresses.
+        #[arg(required = true)]
+        recipients: Vec<String>,
+    },
+    /// Read a password from standard input and print its Argon2id hash for
+    /// `[[inbound.users]]`.
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// One line per queued message: id, age, size, sender, recipients left.
+    List,
+    /// Envelope and per-recipient state of one message.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Make every deferred recipient due now.
+    Flush,
+    /// Remove a message from the queue without delivering it or sending a DSN.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Init { dir } => init(&dir),
+        Command::Queue { config, action } => queue(config.as_deref(), action),
+        Command::Route { config, recipients } => route(config.as_deref(), &recipients),
+        Command::HashPassword => hash_password(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sealgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|error| error.to_string()),
+        None => Ok(Config::development()),
+    }
+}
+
+fn serve(config_path: Option<&Path>) -> Result<(), String> {
+    sealgate::telemetry::init();
+    let config = load_config(config_path)?;
+    if config_path.is_none() {
+        tracing::warn!(
+            "no --config given: running the embedded development default (loopback only, \
+             data in ./data, keys in ./keys)"
+        );
+        let created = keys::create_development_keys(&config.server.keys_dir, &config.server.hostname)
+            .map_err(|error| error.to_string())?;
+        if created {
+            tracing::warn!(
+                keys_dir = %config.server.keys_dir.display(),
+                "created a self-signed development TLS certificate; replace it before real use"
+            );
+        }
+    }
+
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|error| format!("failed to start the async runtime: {error}"))?;
+    runtime.block_on(run_gateway(Arc::new(config)))
+}
+
+async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
+    let tls = keys::load_server_tls(
+        &config.key_path(&config.inbound.tls_certificate),
+        &config.key_path(&config.inbound.tls_key),
+    )
+    .map_err(|error| error.to_string())?;
+    let courier = SmtpCourier::new(&config).map_err(|error| error.to_string())?;
+
+    let committed = Arc::new(Notify::new());
+    let spool = Spool::start(&config.database_path(), Arc::clone(&committed))
+        .map_err(|error| error.to_string())?;
+    let manager = QueueManager::new(
+        Arc::clone(&config),
+        spool.clone(),
+        committed,
+        Arc::new(courier),
+    )
+    .map_err(|error| error.to_string())?;
+    tokio::spawn(manager.run());
+
+    let context = Arc::new(InboundContext::new(
+        Arc::clone(&config),
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        spool,
+    ));
+    for address in &config.inbound.listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| format!("failed to listen on {address}: {error}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| format!("failed to read listener address: {error}"))?;
+        tracing::info!(address = %local, hostname = %config.server.hostname, "smtp listener started");
+        tokio::spawn(inbound::serve(listener, Arc::clone(&context)));
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn check_config(file: &Path) -> Result<(), String> {
+    let config = Config::load(file).map_err(|error| error.to_string())?;
+    println!(
+        "{}: ok ({} listener(s), {} secure domain pattern(s), {} static route(s))",
+        file.display(),
+        config.inbound.listen.len(),
+        config.policy.secure_domains.len(),
+        config.delivery.routes.len()
+    );
+    Ok(())
+}
+
+fn init(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|error| format!("failed to create {}: {error}", dir.display()))?;
+    let config_path = dir.join("sealgate.toml");
+    if config_path.exists() {
+        println!("kept existing {}", config_path.display());
+    } else {
+        std::fs::write(&config_path, EXAMPLE_CONFIG)
+            .map_err(|error| format!("failed to write {}: {error}", config_path.display()))?;
+        println!("wrote {}", config_path.display());
+    }
+    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    let keys_dir = dir.join(&config.server.keys_dir);
+    let created = keys::create_development_keys(&keys_dir, &config.server.hostname)
+        .map_err(|error| error.to_string())?;
+    if created {
+        println!(
+            "wrote a self-signed development certificate to {} (replace it before real use)",
+            keys_dir.display()
+        );
+    } else {
+        println!("kept existing keys in {}", keys_dir.display());
+    }
+    println!(
+        "start with: cd {} && sealgate serve --config sealgate.toml",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn open_store(config_path: Option<&Path>) -> Result<Store, String> {
+    let config = load_config(config_path)?;
+    let path = config.database_path();
+    if !path.exists() {
+        return Err(format!(
+            "no queue database at {}; check server.data_dir or start `sealgate serve` once",
+            path.display()
+        ));
+    }
+    Store::open(&path).map_err(|error| error.to_string())
+}
+
+fn parse_id(text: &str) -> Result<QueueId, String> {
+    QueueId::parse(text).ok_or_else(|| format!("invalid queue id {text:?}: expected 16 hex digits"))
+}
+
+fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> {
+    let mut store = open_store(config_path)?;
+    let error = |error: sealgate::queue::QueueError| error.to_string();
+    match action {
+        QueueAction::List => {
+            let now = now_millis();
+            let messages = store.list().map_err(error)?;
+            for message in &messages {
+                let recipients = store.recipients(&message.id).map_err(error)?;
+                let open: Vec<String> = recipients
+                    .iter()
+                    .filter(|row| matches!(row.state, RecipientState::Incoming | RecipientState::Pending))
+                    .map(|row| display_address(&row.address))
+                    .collect();
+                println!(
+                    "{}  {:>8}  {:>9}  from={}  to={}",
+                    message.id,
+                    format_age(now - message.received_at),
+                    message.size,
+                    display_address(&message.sender),
+                    open.join(",")
+                );
+            }
+            println!("{} message(s)", messages.len());
+        }
+        QueueAction::Show { id } => {
+            let id = parse_id(&id)?;
+            let message = store
+                .message(&id)
+                .map_err(error)?
+                .ok_or_else(|| format!("message {id} not found in the queue"))?;
+            println!("id: {}", message.id);
+            println!("from: {}", display_address(&message.sender));
+            println!("client: {}", sealgate::telemetry::escape(&message.client));
+            println!("size: {}", message.size);
+            println!("age: {}", format_age(now_millis() - message.received_at));
+            println!("8bit: {}, smtputf8: {}", message.body_8bit, message.smtputf8);
+            for row in store.recipients(&id).map_err(error)? {
+                println!(
+                    "to: {} state={:?} route={} attempts={} next={} status={} relay={} tls={}",
+                    display_address(&row.address),
+                    row.state,
+                    row.route.as_deref().unwrap_or("-"),
+                    row.attempts,
+                    if row.state == RecipientState::Pending {
+                        format!("in {}", format_age(row.next_attempt - now_millis()))
+                    } else {
+                        "-".into()
+                    },
+                    row.last_status.as_deref().unwrap_or("-"),
+                    row.last_relay.as_deref().unwrap_or("-"),
+                    row.last_tls.as_deref().unwrap_or("-"),
+                );
+                if let Some(reason) = &row.reason {
+                    println!("    reason: {}", sealgate::telemetry::escape(reason));
+                }
+                if let Some(detail) = &row.last_detail {
+                    println!("    last: {}", sealgate::telemetry::escape(detail));
+                }
+            }
+        }
+        QueueAction::Flush => {
+            let count = store.flush().map_err(error)?;
+            println!("{count} recipient(s) made due now");
+        }
+        QueueAction::Delete { id } => {
+            let id = parse_id(&id)?;
+            if !store.delete(&id).map_err(error)? {
+                return Err(format!("message {id} not found in the queue"));
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+fn route(config_path: Option<&Path>, recipients: &[String]) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let router = Router::new(&config.policy);
+    let plan = router.plan(recipients);
+    for group in plan.groups {
+        for recipient in group.recipients {
+            println!(
+                "{}: {} ({})",
+                display_address(&recipient.address),
+                group.route,
+                recipient.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+fn hash_password() -> Result<(), String> {
+    use argon2::password_hash::PasswordHasher;
+
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|error| format!("failed to read the password: {error}"))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map_err(|error| format!("failed to hash the password: {error}"))?;
+    println!("{hash}");
+    Ok(())
+}
+
+fn format_age(millis: i64) -> String {
+    let seconds = millis.max(0) / 1000;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => format!("{}h{}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{}h", seconds / 86_400, seconds % 86_400 / 3600),
+    }
+}

@@ -1,9 +1,12 @@
 //! The durable queue: the spool that commits accepted mail before `250`, the per-recipient
 //! delivery state, the retry schedule and DSNs.
 
+pub mod dsn;
+mod manager;
 mod spool;
 pub mod store;
 
+pub use manager::QueueManager;
 pub use spool::Spool;
 
 /// A queue operation that failed.

@@ -1,0 +1,467 @@
+//! The queue manager: one task that owns the schedule. It routes newly committed messages,
+//! claims due recipients, hands each (message, route, domain) group to a delivery worker,
+//! and turns the workers' reports into sent, deferred and bounced states, log lines and
+//! DSNs. Only this task changes retry times.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use super::dsn::{self, FailedRecipient};
+use super::store::{AttemptRecord, MessageSummary, RecipientState, Store, now_millis};
+use super::{QueueError, Spool};
+use crate::config::Config;
+use crate::delivery::{
+    AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, Transport,
+};
+use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
+use crate::policy::{Route, Router};
+use crate::telemetry::{MAIL_LOG, escape};
+
+/// Recipients claimed per scan at most.
+const CLAIM_BATCH: usize = 200;
+/// How long a claim lasts. Longer than any attempt can take with the default timeouts; a
+/// claim left by a crashed process is released when the next one starts.
+const CLAIM_LEASE: Duration = Duration::from_secs(4 * 3600);
+
+/// The queue manager and its delivery workers.
+pub struct QueueManager {
+    config: Arc<Config>,
+    store: Arc<Mutex<Store>>,
+    transport: Arc<dyn Transport>,
+    spool: Spool,
+    router: Router,
+    wake: Arc<Notify>,
+}
+
+/// A worker's report for one group.
+struct WorkerDone {
+    id: QueueId,
+    route: Route,
+    summary: MessageSummary,
+    started_at: i64,
+    report: AttemptReport,
+}
+
+impl QueueManager {
+    /// Opens its own connection to the queue database. `wake` is the spool's commit
+    /// notification.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Store::open`].
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        wake: Arc<Notify>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<QueueManager, QueueError> {
+        let store = Store::open(&config.database_path())?;
+        Ok(QueueManager {
+            router: Router::new(&config.policy),
+            config,
+            store: Arc::new(Mutex::new(store)),
+            transport,
+            spool,
+            wake,
+        })
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self) {
+        match self.with_store(|store| store.release_claims()).await {
+            Ok(released) if released > 0 => {
+                tracing::info!(
+                    released,
+                    "released delivery claims left by an earlier process"
+                )
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "failed to release old delivery claims"),
+        }
+
+        let (done_sender, mut done_receiver) = mpsc::channel(256);
+        let workers = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let scan_interval = self.config.queue.scan_interval.0;
+        loop {
+            self.route_incoming().await;
+            self.dispatch_due(&done_sender, &workers).await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                Some(done) = done_receiver.recv() => self.finish_attempt(done).await,
+                _ = tokio::time::sleep(scan_interval) => {}
+            }
+            while let Ok(done) = done_receiver.try_recv() {
+                self.finish_attempt(done).await;
+            }
+        }
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&mut Store) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            operation(&mut store)
+        })
+        .await
+        .unwrap_or_else(|join_error| Err(QueueError::CommitFailed(join_error.to_string())))
+    }
+
+    /// Routes every message whose recipients have no route yet.
+    async fn route_incoming(&self) {
+        let incoming = match self.with_store(|store| store.incoming_messages(100)).await {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                tracing::error!(%error, "failed to read incoming messages");
+                return;
+            }
+        };
+        for id in incoming {
+            let lookup = id.clone();
+            let recipients = match self
+                .with_store(move |store| store.recipients(&lookup))
+                .await
+            {
+                Ok(recipients) => recipients,
+                Err(error) => {
+                    tracing::error!(queue_id = %id, %error, "failed to read recipients");
+                    continue;
+                }
+            };
+            let addresses: Vec<String> = recipients
+                .into_iter()
+                .filter(|row| row.state == RecipientState::Incoming)
+                .map(|row| row.address)
+                .collect();
+            let plan = self.router.plan(&addresses);
+            let mut routes = Vec::new();
+            for group in plan.groups {
+                for recipient in group.recipients {
+                    tracing::info!(
+                        target: MAIL_LOG,
+                        "{id}: to={}, route={}, reason=\"{}\"",
+                        display_address(&recipient.address),
+                        group.route,
+                        escape(&recipient.reason)
+                    );
+                    routes.push((recipient.address, group.route, recipient.reason));
+                }
+            }
+            let target = id.clone();
+            if let Err(error) = self
+                .with_store(move |store| store.set_routes(&target, &routes))
+                .await
+            {
+                tracing::error!(queue_id = %id, %error, "failed to store routes");
+            }
+        }
+    }
+
+    /// Claims due recipients and starts one worker per (message, route, domain) group.
+    async fn dispatch_due(&self, done: &mpsc::Sender<WorkerDone>, workers: &Arc<Semaphore>) {
+        let now = now_millis();
+        let lease_until = now + CLAIM_LEASE.as_millis() as i64;
+        let claimed = match self
+            .with_store(move |store| store.claim_due(now, lease_until, CLAIM_BATCH))
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::error!(%error, "failed to claim due deliveries");
+                return;
+            }
+        };
+
+        let mut groups: BTreeMap<(QueueId, String, String), Vec<String>> = BTreeMap::new();
+        for (id, address, route) in claimed {
+            let domain = domain_of(&address);
+            groups.entry((id, route, domain)).or_default().push(address);
+        }
+        for ((id, route_name, domain), recipients) in groups {
+            let Ok(route) = route_name.parse::<Route>() else {
+                // Fail closed: a route this version does not know is never guessed at.
+                tracing::error!(queue_id = %id, route = %escape(&route_name), "unknown route; delivery held");
+                continue;
+            };
+            let worker = DeliveryWorker {
+                store: Arc::clone(&self.store),
+                transport: Arc::clone(&self.transport),
+                done: done.clone(),
+                workers: Arc::clone(workers),
+            };
+            tokio::spawn(worker.run(id, route, domain, recipients));
+        }
+    }
+
+    /// Records a worker's report: states, log lines, retry times, DSNs.
+    async fn finish_attempt(&self, done: WorkerDone) {
+        let WorkerDone {
+            id,
+            route,
+            summary,
+            started_at,
+            report,
+        } = done;
+        let now = now_millis();
+        let expires_at = summary.received_at + self.config.queue.max_lifetime.0.as_millis() as i64;
+        let routed_at = summary.routed_at.unwrap_or(summary.received_at);
+        let delays = format!(
+            "{:.1}/{:.1}/{:.1}/{:.1}",
+            seconds(routed_at - summary.received_at),
+            seconds(started_at - routed_at),
+            report.connect_time.as_secs_f64(),
+            report.transfer_time.as_secs_f64()
+        );
+        let relay = report.relay.clone().unwrap_or_else(|| "none".into());
+        let tls = report.tls.to_string();
+
+        let mut updates = Vec::new();
+        let mut failed = Vec::new();
+        for result in &report.results {
+            let status_code = result.status.dsn_code();
+            let (state, next_attempt, word, detail) = match &result.status {
+                DeliveryStatus::Sent(reply) => {
+                    (RecipientState::Sent, now, "sent", reply.to_string())
+                }
+                DeliveryStatus::Bounced(failure) => {
+                    failed.push(failed_recipient(&result.recipient, failure, &tls, false));
+                    (RecipientState::Bounced, now, "bounced", failure.to_string())
+                }
+                DeliveryStatus::Deferred(failure) if now >= expires_at => {
+                    failed.push(failed_recipient(&result.recipient, failure, &tls, true));
+                    (RecipientState::Bounced, now, "expired", failure.to_string())
+                }
+                DeliveryStatus::Deferred(failure) => {
+                    let attempts = self.attempts_of(&id, &result.recipient).await;
+                    let delay = self.retry_delay(attempts);
+                    let next = (now + delay.as_millis() as i64).min(expires_at);
+                    (
+                        RecipientState::Pending,
+                        next,
+                        "deferred",
+                        failure.to_string(),
+                    )
+                }
+            };
+            tracing::info!(
+                target: MAIL_LOG,
+                "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, route={route}, dsn={status_code}, status={word} ({})",
+                display_address(&result.recipient),
+                escape(&relay),
+                seconds(now - summary.received_at),
+                escape(&detail)
+            );
+            let record = AttemptRecord {
+                status: status_code,
+                relay: report.relay.clone(),
+                tls: tls.clone(),
+                detail,
+            };
+            updates.push((result.recipient.clone(), state, next_attempt, record));
+        }
+
+        let target = id.clone();
+        if let Err(error) = self
+            .with_store(move |store| {
+                for (address, state, next_attempt, record) in &updates {
+                    store.record_attempt(&target, address, *state, *next_attempt, record)?;
+                }
+                Ok(())
+            })
+            .await
+        {
+            tracing::error!(queue_id = %id, %error, "failed to record delivery results");
+            return;
+        }
+
+        if !failed.is_empty() {
+            self.send_dsn(&id, &summary, &failed).await;
+        }
+        let target = id.clone();
+        match self
+            .with_store(move |store| store.delete_if_done(&target))
+            .await
+        {
+            Ok(true) => tracing::info!(target: MAIL_LOG, "{id}: removed"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(queue_id = %id, %error, "failed to remove message"),
+        }
+    }
+
+    async fn attempts_of(&self, id: &QueueId, address: &str) -> u32 {
+        let id = id.clone();
+        let address = address.to_owned();
+        self.with_store(move |store| {
+            Ok(store
+                .recipients(&id)?
+                .into_iter()
+                .find(|row| row.address == address)
+                .map(|row| row.attempts)
+                .unwrap_or(0))
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// Delay before the next attempt after `attempts` earlier ones: the schedule's entry,
+    /// or its last entry once the schedule is used up.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let schedule = &self.config.queue.retry_schedule;
+        let index = (attempts as usize).min(schedule.len() - 1);
+        schedule[index].0
+    }
+
+    async fn send_dsn(&self, id: &QueueId, summary: &MessageSummary, failed: &[FailedRecipient]) {
+        if summary.sender.is_empty() {
+            tracing::info!(target: MAIL_LOG, "{id}: sender is <>, no DSN sent");
+            return;
+        }
+        let lookup = id.clone();
+        let original = self
+            .with_store(move |store| store.body(&lookup))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let postmaster = self.config.postmaster();
+        let bytes = dsn::build(&dsn::Report {
+            queue_id: id,
+            reporting_mta: &self.config.server.hostname,
+            postmaster: &postmaster,
+            sender: &summary.sender,
+            arrival: summary.received_at,
+            recipients: failed,
+            original: &original,
+        });
+        let message = AcceptedMessage {
+            sender: String::new(),
+            recipients: vec![summary.sender.clone()],
+            body_8bit: bytes.iter().any(|byte| *byte > 127),
+            body: bytes,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                helo: self.config.server.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+        };
+        match self.spool.submit_dsn(message).await {
+            Ok(dsn_id) => tracing::info!(
+                target: MAIL_LOG,
+                "{id}: sender non-delivery notification: {dsn_id}"
+            ),
+            Err(error) => tracing::error!(queue_id = %id, %error, "failed to queue DSN"),
+        }
+    }
+}
+
+/// One delivery attempt for one group, on its own task.
+struct DeliveryWorker {
+    store: Arc<Mutex<Store>>,
+    transport: Arc<dyn Transport>,
+    done: mpsc::Sender<WorkerDone>,
+    workers: Arc<Semaphore>,
+}
+
+impl DeliveryWorker {
+    async fn run(self, id: QueueId, route: Route, domain: String, recipients: Vec<String>) {
+        let Ok(_permit) = self.workers.acquire_owned().await else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let lookup = id.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Ok::<_, QueueError>((store.message(&lookup)?, store.body(&lookup)?))
+        })
+        .await;
+        let (summary, body) = match loaded {
+            Ok(Ok((Some(summary), Some(body)))) => (summary, body),
+            Ok(Ok(_)) => {
+                tracing::info!(queue_id = %id, "message left the queue before its attempt");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(queue_id = %id, %error, "failed to load message for delivery");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "message load task failed");
+                return;
+            }
+        };
+
+        let started_at = now_millis();
+        let clock = Instant::now();
+        let job = DeliveryJob {
+            queue_id: id.as_str(),
+            sender: &summary.sender,
+            domain: &domain,
+            recipients: &recipients,
+            body: &body,
+            tls: route.tls_requirement(),
+            body_8bit: summary.body_8bit,
+            smtputf8: summary.smtputf8,
+        };
+        let mut report = self.transport.deliver(&job).await;
+        for recipient in &recipients {
+            if !report
+                .results
+                .iter()
+                .any(|result| &result.recipient == recipient)
+            {
+                // Every claimed recipient must come back with a state, or it would stay
+                // claimed until the lease ran out.
+                tracing::error!(queue_id = %id, "delivery returned no result for a recipient");
+                report.results.push(RecipientResult {
+                    recipient: recipient.clone(),
+                    status: DeliveryStatus::Deferred(Failure {
+                        host: report.relay.clone(),
+                        stage: Stage::Connect,
+                        detail: "delivery returned no result for this recipient".into(),
+                        reply: None,
+                        status: "4.3.0".into(),
+                    }),
+                });
+            }
+        }
+        tracing::debug!(queue_id = %id, elapsed = ?clock.elapsed(), "delivery attempt finished");
+        let done = WorkerDone {
+            id,
+            route,
+            summary,
+            started_at,
+            report,
+        };
+        let _ = self.done.send(done).await;
+    }
+}
+
+fn failed_recipient(address: &str, failure: &Failure, tls: &str, expired: bool) -> FailedRecipient {
+    FailedRecipient {
+        address: address.to_owned(),
+        status: failure.status.clone(),
+        diagnostic: match &failure.reply {
+            Some(reply) => reply.to_string(),
+            None => failure.detail.clone(),
+        },
+        remote_mta: failure.host.clone(),
+        tls: tls.to_owned(),
+        expired,
+    }
+}
+
+fn seconds(millis: i64) -> f64 {
+    millis.max(0) as f64 / 1000.0
+}
