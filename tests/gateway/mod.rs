@@ -1,0 +1,176 @@
+//! Runs the real `sealgate` binary for end-to-end tests: writes a config and a TLS
+//! certificate into a folder, starts `sealgate serve --config` with the listener on port 0,
+//! reads the bound address back from the log, and collects the log for assertions.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// The SMTP listener's address.
+    pub smtp: SocketAddr,
+    /// Folder with `sealgate.toml`, `data/` and `keys/`.
+    pub dir: PathBuf,
+    log: Arc<(Mutex<String>, Condvar)>,
+}
+
+impl Gateway {
+    /// Starts the binary on `dir/sealgate.toml` (written from `config`) and waits until its
+    /// listener is up. `config` should set `listen = ["127.0.0.1:0"]` and paths inside `dir`.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        if !dir.join("keys/tls.crt").exists() {
+            write_self_signed(&dir.join("keys"));
+        }
+        let config_path = dir.join("sealgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start the sealgate binary");
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (text, ready) = &*sink;
+                let mut text = text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                ready.notify_all();
+            }
+        });
+
+        let mut gateway = Gateway {
+            child,
+            smtp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir: dir.to_owned(),
+            log,
+        };
+        let line = gateway
+            .wait_for_log("smtp listener started", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", gateway.log()));
+        let address = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("address="))
+            .expect("listener line names its address");
+        gateway.smtp = address.parse().unwrap();
+        gateway
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_lines(needle, 1, timeout)
+            .map(|mut lines| lines.remove(0))
+    }
+
+    /// Waits until `count` log lines contain `needle`.
+    pub fn wait_for_lines(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Option<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let (text, ready) = &*self.log;
+        let mut text = text.lock().unwrap();
+        loop {
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|line| line.contains(needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count {
+                return Some(lines);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            text = ready.wait_timeout(text, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs `sealgate queue ...` against this gateway's config and returns stdout.
+    pub fn queue_command(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+            .arg("queue")
+            .arg("--config")
+            .arg(self.dir.join("sealgate.toml"))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "sealgate queue {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes a self-signed `tls.crt` and `tls.key` for `localhost` into `keys`.
+pub fn write_self_signed(keys: &Path) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(keys.join("tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(keys.join("tls.key"), certified.signing_key.serialize_pem()).unwrap();
+}
+
+/// The config every end-to-end test starts from: listener on port 0, data and keys in the
+/// test folder, short retries. `extra` is appended (further tables).
+pub fn base_config(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"[server]
+hostname = "gateway.test.example"
+data_dir = "{data}"
+keys_dir = "{keys}"
+
+[inbound]
+listen = ["127.0.0.1:0"]
+
+[queue]
+retry_schedule = ["1s"]
+max_lifetime = "1h"
+scan_interval = "200ms"
+
+{extra}
+"#,
+        data = dir.join("data").display(),
+        keys = dir.join("keys").display(),
+    )
+}
