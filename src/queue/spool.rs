@@ -19,6 +19,7 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 const QUEUE_DEPTH: usize = 1024;
 
 struct Submission {
+    id: Option<QueueId>,
     message: AcceptedMessage,
     is_dsn: bool,
     reply: oneshot::Sender<Result<QueueId, QueueError>>,
@@ -57,7 +58,21 @@ impl Spool {
     ///
     /// [`QueueError`] when the commit failed; the client must then get a `451`.
     pub async fn submit(&self, message: AcceptedMessage) -> Result<QueueId, QueueError> {
-        self.submit_with(message, false).await
+        self.submit_with(None, message, false).await
+    }
+
+    /// Commits a message under an id the caller drew with [`QueueId::generate`], so that
+    /// the id can already appear in the message's `Received:` header.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Spool::submit`].
+    pub async fn submit_with_id(
+        &self,
+        id: QueueId,
+        message: AcceptedMessage,
+    ) -> Result<QueueId, QueueError> {
+        self.submit_with(Some(id), message, false).await
     }
 
     /// Commits a delivery status notification that sealgate wrote.
@@ -66,16 +81,18 @@ impl Spool {
     ///
     /// As for [`Spool::submit`].
     pub async fn submit_dsn(&self, message: AcceptedMessage) -> Result<QueueId, QueueError> {
-        self.submit_with(message, true).await
+        self.submit_with(None, message, true).await
     }
 
     async fn submit_with(
         &self,
+        id: Option<QueueId>,
         message: AcceptedMessage,
         is_dsn: bool,
     ) -> Result<QueueId, QueueError> {
         let (reply, receiver) = oneshot::channel();
         let submission = Submission {
+            id,
             message,
             is_dsn,
             reply,
@@ -102,7 +119,10 @@ fn run_writer(mut store: Store, mut receiver: mpsc::Receiver<Submission>, commit
             }
         }
 
-        let ids: Vec<QueueId> = batch.iter().map(|_| QueueId::generate()).collect();
+        let ids: Vec<QueueId> = batch
+            .iter()
+            .map(|submission| submission.id.clone().unwrap_or_else(QueueId::generate))
+            .collect();
         let rows: Vec<(QueueId, &AcceptedMessage, bool)> = ids
             .iter()
             .zip(&batch)
