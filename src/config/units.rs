@@ -54,13 +54,13 @@ impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis();
         for (unit, size) in [("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000)] {
-            if millis > 0 && millis % size == 0 {
+            if millis > 0 && millis.is_multiple_of(size) {
                 return write!(f, "{}{unit}", millis / size);
             }
         }
-        if millis > 0 && millis % 60_000 == 0 {
+        if millis > 0 && millis.is_multiple_of(60_000) {
             write!(f, "{}m", millis / 60_000)
-        } else if millis % 1_000 == 0 {
+        } else if millis.is_multiple_of(1_000) {
             write!(f, "{}s", millis / 1_000)
         } else {
             write!(f, "{millis}ms")
@@ -98,7 +98,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, size) in [("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000)] {
-            if self.0 > 0 && self.0 % size == 0 {
+            if self.0 > 0 && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
