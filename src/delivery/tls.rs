@@ -129,6 +129,7 @@ pub(crate) fn describe_handshake_error(error: &mail_send::Error, tls_name: &str)
         }
         CertificateError::UnknownIssuer => "unknown issuer".into(),
         CertificateError::Revoked => "certificate revoked".into(),
+        CertificateError::BadSignature => "bad certificate signature".into(),
         other => format!("invalid certificate: {other:?}"),
     }
 }
