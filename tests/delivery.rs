@@ -21,8 +21,8 @@ const SECURE_DOMAIN: &str = "secure.test";
 const MX_HOST: &str = "mx.secure.test";
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A zone where each of `hosts` is an MX of `domain` with the given preference and
-/// resolves to 127.0.0.1.
+/// Builds a zone where each of `hosts` is an MX of `domain` with the given preference
+/// and resolves to 127.0.0.1.
 fn mx_zone(domain: &str, hosts: &[(u16, &str)]) -> Zone {
     hosts.iter().fold(Zone::new(), |zone, (preference, host)| {
         zone.mx(domain, *preference, host)
@@ -35,6 +35,47 @@ async fn courier_for(pki: &TestPki, zone: Zone, server: &SmtpServer) -> (SmtpCou
     let dns = DnsServer::start(zone).await;
     let config = delivery_config(pki, dns.addr(), server.port());
     (SmtpCourier::new(&config).expect("build courier"), dns)
+}
+
+/// A server with `script` as the only MX of `open.test`, and a courier pointed at it.
+struct Harness {
+    server: SmtpServer,
+    courier: SmtpCourier,
+    _dns: DnsServer,
+    _pki: TestPki,
+}
+
+impl Harness {
+    async fn open(script: ServerScript) -> Harness {
+        common::init_logs();
+        let pki = TestPki::new();
+        let server = SmtpServer::start(script).await;
+        let (courier, dns) =
+            courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+        Harness {
+            server,
+            courier,
+            _dns: dns,
+            _pki: pki,
+        }
+    }
+
+    /// Delivers `body` to `gp@open.test` over opportunistic TLS.
+    async fn deliver(&self, body: &[u8]) -> AttemptReport {
+        deliver_one(
+            &self.courier,
+            "open.test",
+            TlsRequirement::Opportunistic,
+            body,
+        )
+        .await
+    }
+
+    /// Delivers `body` to `to` over opportunistic TLS.
+    async fn deliver_to(&self, to: &[String], body: &[u8]) -> AttemptReport {
+        let job = job("open.test", to, body, TlsRequirement::Opportunistic);
+        self.courier.deliver(&job).await
+    }
 }
 
 fn recipients(addresses: &[&str]) -> Vec<String> {
@@ -233,12 +274,10 @@ async fn forced_tls_ignores_reply_injected_before_handshake() {
 
 #[tokio::test]
 async fn opportunistic_uses_unverified_tls() {
-    common::init_logs();
     let pki = TestPki::new();
-    let server = SmtpServer::start(ServerScript::with_tls(pki.self_signed(MX_HOST))).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(ServerScript::with_tls(pki.self_signed(MX_HOST))).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
     assert!(
@@ -246,53 +285,90 @@ async fn opportunistic_uses_unverified_tls() {
         "{:?}",
         report.tls
     );
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert!(messages[0].tls.is_some());
 }
 
 #[tokio::test]
 async fn opportunistic_retries_in_clear_after_failed_handshake() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         starttls: StartTlsMode::BrokenHandshake,
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
     assert_eq!(report.tls, TlsOutcome::Plain);
-    assert_eq!(server.connections(), 2);
-    let starttls = server.commands_named("STARTTLS");
+    assert_eq!(harness.server.connections(), 2);
+    let starttls = harness.server.commands_named("STARTTLS");
     assert_eq!(starttls.len(), 1, "{starttls:?}");
     assert_eq!(starttls[0].connection, 0);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert_eq!(messages[0].connection, 1);
     assert!(messages[0].tls.is_none());
 }
 
 #[tokio::test]
 async fn opportunistic_sends_plain_without_starttls() {
-    common::init_logs();
-    let pki = TestPki::new();
-    let server = SmtpServer::start(ServerScript::default()).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(ServerScript::default()).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
     assert_eq!(report.tls, TlsOutcome::Plain);
-    assert!(server.commands_named("STARTTLS").is_empty());
-    assert_eq!(server.wait_for_messages(1, WAIT).await[0].data, BODY);
+    assert!(harness.server.commands_named("STARTTLS").is_empty());
+    assert_eq!(
+        harness.server.wait_for_messages(1, WAIT).await[0].data,
+        BODY
+    );
+}
+
+#[tokio::test]
+async fn opportunistic_continues_in_clear_after_starttls_rejected() {
+    let script = ServerScript {
+        starttls: StartTlsMode::Rejected,
+        ..ServerScript::default()
+    };
+    let harness = Harness::open(script).await;
+
+    let report = harness.deliver(BODY).await;
+
+    assert_eq!(sent(&report, 0).code, 250);
+    assert_eq!(report.tls, TlsOutcome::Plain);
+    assert_eq!(harness.server.connections(), 1);
+    assert_eq!(harness.server.commands_named("STARTTLS").len(), 1);
+}
+
+#[tokio::test]
+async fn forced_tls_defers_when_starttls_rejected() {
+    let script = |_: &TestPki| ServerScript {
+        starttls: StartTlsMode::Rejected,
+        ..ServerScript::default()
+    };
+    assert_forced_tls_deferred(script, "STARTTLS rejected").await;
+}
+
+#[tokio::test]
+async fn rejected_ehlo_falls_back_to_helo() {
+    let script = ServerScript {
+        reject_ehlo: true,
+        ..ServerScript::default()
+    };
+    let harness = Harness::open(script).await;
+
+    let report = harness.deliver(BODY).await;
+
+    assert_eq!(sent(&report, 0).code, 250);
+    let helo = harness.server.commands_named("HELO");
+    assert_eq!(helo.len(), 1, "{:?}", harness.server.commands());
+    assert_eq!(helo[0].line, "HELO sealgate.test");
+    assert!(harness.server.commands_named("STARTTLS").is_empty());
 }
 
 #[tokio::test]
 async fn rejected_rcpt_bounces_only_that_recipient() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         rcpt_replies: vec![(
             "b@open.test".into(),
@@ -300,13 +376,10 @@ async fn rejected_rcpt_bounces_only_that_recipient() {
         )],
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
     let to = recipients(&["a@open.test", "b@open.test", "c@open.test"]);
 
-    let report = courier
-        .deliver(&job("open.test", &to, BODY, TlsRequirement::Opportunistic))
-        .await;
+    let report = harness.deliver_to(&to, BODY).await;
 
     assert_eq!(report.results.len(), 3);
     assert_eq!(sent(&report, 0).code, 250);
@@ -318,25 +391,20 @@ async fn rejected_rcpt_bounces_only_that_recipient() {
     assert_eq!(reply.enhanced.as_deref(), Some("5.1.1"));
     assert_eq!(reply.text, "<b@open.test>: user unknown");
     assert_eq!(sent(&report, 2).code, 250);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert_eq!(messages[0].recipients, ["a@open.test", "c@open.test"]);
 }
 
 #[tokio::test]
 async fn temporary_rcpt_failure_defers_only_that_recipient() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         rcpt_replies: vec![("b@open.test".into(), "450 4.2.1 mailbox busy".into())],
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
     let to = recipients(&["a@open.test", "b@open.test", "c@open.test"]);
 
-    let report = courier
-        .deliver(&job("open.test", &to, BODY, TlsRequirement::Opportunistic))
-        .await;
+    let report = harness.deliver_to(&to, BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
     let failure = deferred(&report, 1);
@@ -348,67 +416,54 @@ async fn temporary_rcpt_failure_defers_only_that_recipient() {
 
 #[tokio::test]
 async fn all_rcpts_rejected_skips_data() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         rcpt_replies: vec![("a@open.test".into(), "550 5.1.1 no such user".into())],
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
     let to = recipients(&["a@open.test"]);
-    let report_a = courier
-        .deliver(&job("open.test", &to, BODY, TlsRequirement::Opportunistic))
-        .await;
+    let report_a = harness.deliver_to(&to, BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250, "gp@open.test is not rejected");
     assert_eq!(bounced(&report_a, 0).status, "5.1.1");
     assert_eq!(
-        server.commands_named("DATA").len(),
+        harness.server.commands_named("DATA").len(),
         1,
         "{:?}",
-        server.commands()
+        harness.server.commands()
     );
 }
 
 #[tokio::test]
 async fn mail_from_rejection_bounces_every_recipient() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         mail_reply: Some("553 5.7.1 sender not allowed".into()),
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
     let to = recipients(&["a@open.test", "b@open.test"]);
 
-    let report = courier
-        .deliver(&job("open.test", &to, BODY, TlsRequirement::Opportunistic))
-        .await;
+    let report = harness.deliver_to(&to, BODY).await;
 
     for index in 0..2 {
         let failure = bounced(&report, index);
         assert_eq!(failure.stage, Stage::MailFrom);
         assert_eq!(failure.status, "5.7.1");
     }
-    assert!(server.commands_named("RCPT").is_empty());
+    assert!(harness.server.commands_named("RCPT").is_empty());
 }
 
 #[tokio::test]
 async fn final_reply_4xx_defers_accepted_recipients() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         data_reply: Some("451 4.3.0 try again later".into()),
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     let failure = deferred(&report, 0);
     assert_eq!(failure.stage, Stage::Data);
@@ -421,16 +476,13 @@ async fn final_reply_4xx_defers_accepted_recipients() {
 
 #[tokio::test]
 async fn final_reply_5xx_bounces_accepted_recipients() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         data_reply: Some("554 5.6.0 content rejected".into()),
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     let failure = bounced(&report, 0);
     assert_eq!(failure.stage, Stage::Data);
@@ -439,21 +491,18 @@ async fn final_reply_5xx_bounces_accepted_recipients() {
 
 #[tokio::test]
 async fn dropped_connection_mid_data_defers() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         fault: Fault::DropMidData,
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     let failure = deferred(&report, 0);
     assert_eq!(failure.stage, Stage::Data, "{failure}");
     assert!(failure.status.starts_with("4."), "{}", failure.status);
-    assert!(server.messages().is_empty());
+    assert!(harness.server.messages().is_empty());
 }
 
 #[tokio::test]
@@ -483,43 +532,37 @@ async fn stalled_server_defers_after_data_timeout() {
 
 #[tokio::test]
 async fn eight_bit_body_bounces_without_8bitmime() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         eightbitmime: false,
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
     let to = recipients(&["a@open.test"]);
     let body = "Subject: caf\u{e9}\r\n\r\nr\u{e9}sum\u{e9}\r\n".as_bytes();
     let mut eight_bit = job("open.test", &to, body, TlsRequirement::Opportunistic);
     eight_bit.body_8bit = true;
 
-    let report = courier.deliver(&eight_bit).await;
+    let report = harness.courier.deliver(&eight_bit).await;
 
     let failure = bounced(&report, 0);
     assert_eq!(failure.stage, Stage::Conversion);
     assert_eq!(failure.status, "5.6.3");
     assert!(failure.detail.contains("8BITMIME"), "{}", failure.detail);
-    assert!(server.commands_named("MAIL").is_empty());
+    assert!(harness.server.commands_named("MAIL").is_empty());
 }
 
 #[tokio::test]
 async fn eight_bit_body_declares_8bitmime() {
-    common::init_logs();
-    let pki = TestPki::new();
-    let server = SmtpServer::start(ServerScript::default()).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(ServerScript::default()).await;
     let to = recipients(&["a@open.test"]);
     let body = "Subject: caf\u{e9}\r\n\r\nr\u{e9}sum\u{e9}\r\n".as_bytes();
     let mut eight_bit = job("open.test", &to, body, TlsRequirement::Opportunistic);
     eight_bit.body_8bit = true;
 
-    let report = courier.deliver(&eight_bit).await;
+    let report = harness.courier.deliver(&eight_bit).await;
 
     assert_eq!(sent(&report, 0).code, 250);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert!(
         messages[0].mail_from.contains("BODY=8BITMIME"),
         "{}",
@@ -530,19 +573,16 @@ async fn eight_bit_body_declares_8bitmime() {
 
 #[tokio::test]
 async fn smtputf8_message_bounces_without_smtputf8() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         smtputf8: false,
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
     let to = recipients(&["j\u{f6}rg@open.test"]);
     let mut utf8 = job("open.test", &to, BODY, TlsRequirement::Opportunistic);
     utf8.smtputf8 = true;
 
-    let report = courier.deliver(&utf8).await;
+    let report = harness.courier.deliver(&utf8).await;
 
     let failure = bounced(&report, 0);
     assert_eq!(failure.stage, Stage::Conversion);
@@ -551,36 +591,30 @@ async fn smtputf8_message_bounces_without_smtputf8() {
 
 #[tokio::test]
 async fn oversized_message_bounces_on_size_limit() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         size: Some(16),
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(bounced(&report, 0).status, "5.3.4");
-    assert!(server.commands_named("MAIL").is_empty());
+    assert!(harness.server.commands_named("MAIL").is_empty());
 }
 
 #[tokio::test]
 async fn mail_from_carries_size_when_offered() {
-    common::init_logs();
-    let pki = TestPki::new();
     let script = ServerScript {
         size: Some(1_000_000),
         ..ServerScript::default()
     };
-    let server = SmtpServer::start(script).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(script).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert_eq!(
         messages[0].mail_from,
         format!("<{}> SIZE={}", common::SENDER, BODY.len())
@@ -589,16 +623,13 @@ async fn mail_from_carries_size_when_offered() {
 
 #[tokio::test]
 async fn dot_stuffed_lines_arrive_unchanged() {
-    common::init_logs();
-    let pki = TestPki::new();
-    let server = SmtpServer::start(ServerScript::default()).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(ServerScript::default()).await;
     let body = b"Subject: dots\r\n\r\n.\r\n..two\r\n.leading\r\nmiddle . dot\r\n.\r\nend\r\n";
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, body).await;
+    let report = harness.deliver(body).await;
 
     assert_eq!(sent(&report, 0).code, 250);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert_eq!(
         String::from_utf8_lossy(&messages[0].data),
         String::from_utf8_lossy(body)
@@ -607,15 +638,12 @@ async fn dot_stuffed_lines_arrive_unchanged() {
 
 #[tokio::test]
 async fn body_ending_in_crlf_gets_no_blank_line() {
-    common::init_logs();
-    let pki = TestPki::new();
-    let server = SmtpServer::start(ServerScript::default()).await;
-    let (courier, _dns) = courier_for(&pki, mx_zone("open.test", &[(10, MX_HOST)]), &server).await;
+    let harness = Harness::open(ServerScript::default()).await;
 
-    let report = deliver_one(&courier, "open.test", TlsRequirement::Opportunistic, BODY).await;
+    let report = harness.deliver(BODY).await;
 
     assert_eq!(sent(&report, 0).code, 250);
-    let messages = server.wait_for_messages(1, WAIT).await;
+    let messages = harness.server.wait_for_messages(1, WAIT).await;
     assert_eq!(messages[0].data, BODY);
     assert!(!messages[0].data.ends_with(b"\r\n\r\n"));
 }
@@ -788,7 +816,7 @@ async fn domain_without_mx_or_address_bounces() {
     common::init_logs();
     let pki = TestPki::new();
     let server = SmtpServer::start(ServerScript::default()).await;
-    // The domain exists, but its MX, A and AAAA queries get empty NOERROR answers.
+    // The domain exists, but its MX, A and AAAA queries get empty NOERROR responses.
     let zone = Zone::new().txt("empty.test", "v=spf1 -all");
     let (courier, _dns) = courier_for(&pki, zone, &server).await;
 
@@ -856,17 +884,28 @@ async fn smtp_sink_accepts_message() {
     assert_eq!(report.tls, TlsOutcome::Plain);
 }
 
-#[test]
-fn missing_trust_anchor_names_file() {
+/// Builds a courier whose only trust anchor is `file` in a fresh key folder, after writing
+/// `contents` to it when given, and returns the error.
+fn trust_anchor_error(file: &str, contents: Option<&str>) -> DeliveryError {
     let pki = TestPki::new();
+    if let Some(contents) = contents {
+        std::fs::write(pki.dir().join(file), contents).expect("write trust anchor");
+    }
     let mut config = Config::default();
     config.server.keys_dir = pki.dir().to_owned();
+    // Never queried: building the courier sends no DNS query.
     config.delivery.dns_servers = vec!["127.0.0.1:53".into()];
-    config.delivery.trust_anchors = vec!["missing-ca.pem".into()];
+    config.delivery.trust_anchors = vec![file.into()];
 
-    let error = SmtpCourier::new(&config)
-        .err()
-        .expect("missing file must fail");
+    match SmtpCourier::new(&config) {
+        Ok(_) => panic!("a courier was built with trust anchor {file}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn missing_trust_anchor_names_file() {
+    let error = trust_anchor_error("missing-ca.pem", None);
 
     assert!(
         matches!(error, DeliveryError::TrustAnchorRead { .. }),
@@ -877,16 +916,7 @@ fn missing_trust_anchor_names_file() {
 
 #[test]
 fn trust_anchor_without_certificate_is_rejected() {
-    let pki = TestPki::new();
-    std::fs::write(pki.dir().join("empty.pem"), "not a certificate\n").expect("write file");
-    let mut config = Config::default();
-    config.server.keys_dir = pki.dir().to_owned();
-    config.delivery.dns_servers = vec!["127.0.0.1:53".into()];
-    config.delivery.trust_anchors = vec!["empty.pem".into()];
-
-    let error = SmtpCourier::new(&config)
-        .err()
-        .expect("empty file must fail");
+    let error = trust_anchor_error("empty.pem", Some("not a certificate\n"));
 
     assert!(
         matches!(error, DeliveryError::TrustAnchorInvalid { .. }),

@@ -30,7 +30,7 @@ use crate::telemetry::escape;
 pub(crate) struct Peer<'a> {
     /// `name[ip]:port`, for `relay`, failures and logs.
     pub label: String,
-    /// Where to connect.
+    /// Socket address to connect to.
     pub address: SocketAddr,
     /// Name the certificate must match, also sent as SNI.
     pub tls_name: &'a str,
@@ -49,11 +49,11 @@ pub(crate) struct Timeouts {
     pub data: Duration,
 }
 
-/// How a transaction on one connection ended.
+/// The end of a transaction on one connection.
 pub(crate) enum Transaction {
     /// Every recipient has a result and no other host is tried.
     Finished(Vec<RecipientResult>),
-    /// The host failed before the recipients got a final answer; try the next one.
+    /// The host failed before the recipients got a final reply, so the next one is tried.
     NextHost(Failure),
 }
 
@@ -104,7 +104,12 @@ pub(crate) async fn connect(
             ));
         }
     };
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), reply = %escape(&greeting.to_string()), "greeting");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        reply = %escape(&greeting.to_string()),
+        "greeting",
+    );
     if !(200..300).contains(&greeting.code) {
         let status = temporary(&reply_status(&greeting));
         return Err(host_failure(
@@ -118,7 +123,7 @@ pub(crate) async fn connect(
     Ok(client)
 }
 
-/// Sends EHLO, or HELO when the server answers EHLO with a 5xx, and returns the
+/// Sends EHLO, or HELO when the server rejects EHLO with a 5xx reply, and returns the
 /// capabilities (none after HELO).
 pub(crate) async fn hello<T>(
     client: &mut SmtpClient<T>,
@@ -130,7 +135,12 @@ where
 {
     let rejected = match client.ehlo(helo_name).await {
         Ok(capabilities) => {
-            debug!(queue_id = peer.queue_id, host = %escape(&peer.label), capabilities = capabilities.capabilities, "EHLO accepted");
+            debug!(
+                queue_id = peer.queue_id,
+                host = %escape(&peer.label),
+                capabilities = capabilities.capabilities,
+                "EHLO accepted",
+            );
             return Ok(capabilities);
         }
         Err(mail_send::Error::UnexpectedReply(response)) if (500..600).contains(&response.code) => {
@@ -150,7 +160,12 @@ where
         Err(error) => return Err(lost(peer, Stage::Ehlo, "EHLO", error)),
     };
 
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), reply = %escape(&rejected.to_string()), "EHLO rejected, trying HELO");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        reply = %escape(&rejected.to_string()),
+        "EHLO rejected, trying HELO",
+    );
     let reply = client
         .cmd(format!("HELO {helo_name}\r\n"))
         .await
@@ -190,16 +205,31 @@ pub(crate) async fn start_tls(
         return StartTls::Rejected(client, failure);
     }
 
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), tls_name = %escape(peer.tls_name), "TLS handshake");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        tls_name = %escape(peer.tls_name),
+        "TLS handshake",
+    );
     match client.into_tls(connector, peer.tls_name).await {
         Ok(client) => {
             let version = protocol_name(client.tls_connection().protocol_version());
-            debug!(queue_id = peer.queue_id, host = %escape(&peer.label), version, "TLS established");
+            debug!(
+                queue_id = peer.queue_id,
+                host = %escape(&peer.label),
+                version,
+                "TLS established",
+            );
             StartTls::Upgraded(Box::new(client), version)
         }
         Err(error) => {
             let detail = describe_handshake_error(&error, peer.tls_name);
-            debug!(queue_id = peer.queue_id, host = %escape(&peer.label), detail, "TLS handshake failed");
+            debug!(
+                queue_id = peer.queue_id,
+                host = %escape(&peer.label),
+                detail,
+                "TLS handshake failed",
+            );
             StartTls::HandshakeFailed(tls_failure(peer, detail, None))
         }
     }
@@ -217,7 +247,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(failure) = conversion_failure(peer, job, capabilities) {
-        debug!(queue_id = peer.queue_id, host = %escape(&peer.label), detail = failure.detail, "message cannot be sent to this next hop");
+        debug!(
+            queue_id = peer.queue_id,
+            host = %escape(&peer.label),
+            detail = failure.detail,
+            "message cannot be sent to this next hop",
+        );
         return finish_all(job, DeliveryStatus::Bounced(failure));
     }
     if !is_valid_path(job.sender) {
@@ -238,7 +273,12 @@ where
             return Transaction::NextHost(lost(peer, Stage::MailFrom, "MAIL FROM", error));
         }
     };
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), reply = %escape(&reply.to_string()), "MAIL FROM");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        reply = %escape(&reply.to_string()),
+        "MAIL FROM",
+    );
     if (500..600).contains(&reply.code) {
         let status = reply_status(&reply);
         let failure = host_failure(
@@ -273,7 +313,11 @@ where
         .iter()
         .any(|state| matches!(state, RcptState::Accepted))
     {
-        debug!(queue_id = peer.queue_id, host = %escape(&peer.label), "no recipient accepted, skipping DATA");
+        debug!(
+            queue_id = peer.queue_id,
+            host = %escape(&peer.label),
+            "no recipient accepted, skipping DATA",
+        );
         return finish(job, states, None);
     }
 
@@ -340,7 +384,13 @@ where
         .await
         .map(reply_of)
         .map_err(|error| lost(peer, Stage::RcptTo, "RCPT TO", error))?;
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), recipient = %escape(recipient), reply = %escape(&reply.to_string()), "RCPT TO");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        recipient = %escape(recipient),
+        reply = %escape(&reply.to_string()),
+        "RCPT TO",
+    );
 
     if (200..300).contains(&reply.code) {
         return Ok(RcptState::Accepted);
@@ -382,7 +432,12 @@ where
         ));
     }
 
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), bytes = body.len(), "sending message");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        bytes = body.len(),
+        "sending message",
+    );
     let stuffed = dot_stuff(body);
     let transfer = async {
         client.stream.write_all(&stuffed).await?;
@@ -408,7 +463,12 @@ where
             ));
         }
     };
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), reply = %escape(&reply.to_string()), "end of data");
+    debug!(
+        queue_id = peer.queue_id,
+        host = %escape(&peer.label),
+        reply = %escape(&reply.to_string()),
+        "end of data",
+    );
 
     if (200..300).contains(&reply.code) {
         return DeliveryStatus::Sent(reply);
@@ -533,8 +593,8 @@ fn reply_of(response: Response<String>) -> Reply {
     }
 }
 
-/// The enhanced status code of a reply, or a generic one for its class when the server
-/// sent none or one whose class contradicts the basic code.
+/// Picks the enhanced status code of a reply, or a generic one for its class when the
+/// server sent none or one whose class contradicts the basic code.
 fn reply_status(reply: &Reply) -> String {
     let class = if (500..600).contains(&reply.code) {
         '5'
@@ -583,8 +643,8 @@ pub(crate) fn tls_failure(peer: &Peer<'_>, detail: String, reply: Option<Reply>)
     host_failure(peer, Stage::Tls, detail, reply, "4.7.5")
 }
 
-/// A failure while waiting for `step`: a timeout, a lost connection or a reply that could
-/// not be parsed.
+/// Builds the failure for a timeout, a lost connection or an unparseable reply while
+/// waiting for the reply to `step`.
 fn lost(peer: &Peer<'_>, stage: Stage, step: &str, error: mail_send::Error) -> Failure {
     let (detail, reply) = match error {
         mail_send::Error::Timeout => (format!("timed out waiting for the reply to {step}"), None),

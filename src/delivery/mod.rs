@@ -8,10 +8,10 @@
 //!
 //! The steps of one attempt, each in its own file:
 //!
-//! - `mx`: a matching `[[delivery.routes]]` entry wins; otherwise the MX records in
-//!   preference order (equal preferences shuffled), the domain itself when it has no MX
-//!   records (RFC 5321 §5.1), and a permanent failure for a null MX (RFC 7505) or a domain
-//!   that does not exist.
+//! - `mx`: a matching `[[delivery.routes]]` entry wins. Otherwise the MX records are used
+//!   in preference order (equal preferences shuffled), or the domain itself when it has no
+//!   MX records (RFC 5321 §5.1). A null MX (RFC 7505) or a domain that does not exist is a
+//!   permanent failure.
 //! - `tls`: the verifying and the non-verifying rustls client configs, TLS 1.2 or newer.
 //! - `client`: one SMTP conversation: greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT.
 //! - `transport`: the loop over hosts and addresses, and the TLS rules below.
@@ -54,12 +54,12 @@ pub enum DeliveryError {
         #[source]
         source: std::io::Error,
     },
-    /// A trust anchor file holds no usable certificate.
+    /// A trust anchor file contains no usable certificate.
     #[error("invalid trust anchor {path}: {reason}")]
     TrustAnchorInvalid {
         /// The file, as resolved against `server.keys_dir`.
         path: PathBuf,
-        /// What is wrong with it.
+        /// The reason it was rejected.
         reason: String,
     },
     /// A `delivery.dns_servers` entry is not `ip` or `ip:port`.
@@ -68,6 +68,9 @@ pub enum DeliveryError {
     /// The system resolver config could not be read.
     #[error("failed to read the system DNS config (/etc/resolv.conf): {0}")]
     SystemDns(String),
+    /// hickory rejected the resolver config.
+    #[error("failed to build the DNS resolver: {0}")]
+    Resolver(String),
     /// rustls rejected the client config.
     #[error("failed to build the TLS client config: {0}")]
     Tls(#[from] rustls::Error),

@@ -49,7 +49,7 @@ enum MxAnswer {
     Hosts(Vec<Name>),
 }
 
-/// Why an address lookup found nothing.
+/// The reason an address lookup found no address.
 enum AddressError {
     /// NXDOMAIN or no A/AAAA records.
     NotFound,
@@ -80,7 +80,7 @@ impl HopResolver {
         };
         let resolver = builder
             .build()
-            .map_err(|error| DeliveryError::SystemDns(error.to_string()))?;
+            .map_err(|error| DeliveryError::Resolver(error.to_string()))?;
 
         let routes = config
             .routes
@@ -103,16 +103,21 @@ impl HopResolver {
     ///
     /// # Errors
     ///
-    /// The status for every recipient when no host can be tried: `Bounced` for NXDOMAIN
-    /// (5.1.2), a null MX (5.1.10) and a domain with neither MX nor address records
-    /// (5.1.2); `Deferred` (4.4.3, 4.4.4) for lookup failures that may pass.
+    /// The status for every recipient when no host can be tried. It is `Bounced` for
+    /// NXDOMAIN (5.1.2), a null MX (5.1.10) and a domain with neither MX nor address
+    /// records (5.1.2). It is `Deferred` (4.4.3, 4.4.4) for lookup failures that may pass.
     pub async fn next_hops(
         &self,
         queue_id: &str,
         domain: &str,
     ) -> Result<Vec<NextHop>, Box<DeliveryStatus>> {
         if let Some(route) = self.static_route(domain) {
-            debug!(queue_id, domain = %escape(domain), host = %escape(&route.host), "using static route");
+            debug!(
+                queue_id,
+                domain = %escape(domain),
+                host = %escape(&route.host),
+                "using static route",
+            );
             let hop = self.resolve_route(queue_id, route).await;
             return keep_reachable(domain, hop.into_iter().collect());
         }
@@ -166,7 +171,12 @@ impl HopResolver {
         for exchange in exchanges {
             let host = display_name(&exchange);
             if host.parse::<IpAddr>().is_ok() {
-                debug!(queue_id, domain = %escape(domain), host = %escape(&host), "skipping MX host: an IP address is not a host name");
+                debug!(
+                    queue_id,
+                    domain = %escape(domain),
+                    host = %escape(&host),
+                    "skipping MX host: an IP address is not a host name",
+                );
                 continue;
             }
             match self.addresses(exchange).await {
@@ -181,7 +191,13 @@ impl HopResolver {
                         AddressError::NotFound => "no A or AAAA records".to_owned(),
                         AddressError::Temporary(reason) => reason,
                     };
-                    debug!(queue_id, domain = %escape(domain), host = %escape(&host), reason = %escape(&reason), "skipping MX host");
+                    debug!(
+                        queue_id,
+                        domain = %escape(domain),
+                        host = %escape(&host),
+                        reason = %escape(&reason),
+                        "skipping MX host",
+                    );
                 }
             }
         }
@@ -233,7 +249,11 @@ impl HopResolver {
                 match self.addresses(name).await {
                     Ok(addresses) => addresses,
                     Err(_) => {
-                        debug!(queue_id, host = %escape(&route.host), "skipping static route host: no address found");
+                        debug!(
+                            queue_id,
+                            host = %escape(&route.host),
+                            "skipping static route host: no address found",
+                        );
                         return None;
                     }
                 }
@@ -264,7 +284,7 @@ impl HopResolver {
 }
 
 /// Sorts MX records by preference, shuffling hosts of equal preference so that load
-/// spreads as RFC 5321 §5.1 asks.
+/// spreads, as RFC 5321 §5.1 recommends.
 fn order_mx(mut records: Vec<MX>) -> MxAnswer {
     if !records.is_empty() && records.iter().all(|mx| mx.exchange.is_root()) {
         return MxAnswer::Null;

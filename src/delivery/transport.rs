@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use mail_send::SmtpClient;
+use smtp_proto::EhloResponse;
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::client::{self, Peer, StartTls, Timeouts, Transaction};
@@ -19,8 +22,8 @@ use crate::config::Config;
 use crate::policy::TlsRequirement;
 use crate::telemetry::escape;
 
-/// Delivers one job and reports a result per recipient. Implementations never panic on
-/// peer input and never return early without a result for every recipient.
+/// Delivers one job and reports a result per recipient. Implementations must not panic on
+/// peer input and must return exactly one result per recipient, in job order.
 pub trait Transport: Send + Sync {
     /// Makes one delivery attempt for `job`.
     fn deliver<'a>(
@@ -37,7 +40,7 @@ pub struct SmtpCourier {
     timeouts: Timeouts,
 }
 
-/// How one address ended.
+/// The end of the attempt on one address.
 enum AddressOutcome {
     /// The transaction reached a result for every recipient.
     Finished(Vec<RecipientResult>, TlsOutcome),
@@ -59,7 +62,8 @@ impl SmtpCourier {
     ///
     /// [`DeliveryError::TrustAnchorRead`] or [`DeliveryError::TrustAnchorInvalid`] for a
     /// trust anchor file, [`DeliveryError::DnsServer`] for a bad `dns_servers` entry,
-    /// [`DeliveryError::SystemDns`] when `/etc/resolv.conf` cannot be used, and
+    /// [`DeliveryError::SystemDns`] when `/etc/resolv.conf` cannot be used,
+    /// [`DeliveryError::Resolver`] when hickory rejects the resolver config, and
     /// [`DeliveryError::Tls`] when rustls rejects the config.
     pub fn new(config: &Config) -> Result<SmtpCourier, DeliveryError> {
         let delivery = &config.delivery;
@@ -81,12 +85,23 @@ impl SmtpCourier {
             connect_time: Duration::ZERO,
             transfer_time: Duration::ZERO,
         };
-        debug!(queue_id = job.queue_id, domain = %escape(job.domain), tls = ?job.tls, recipients = job.recipients.len(), "delivery attempt");
+        debug!(
+            queue_id = job.queue_id,
+            domain = %escape(job.domain),
+            tls = ?job.tls,
+            recipients = job.recipients.len(),
+            "delivery attempt",
+        );
 
         let hops = match self.hops.next_hops(job.queue_id, job.domain).await {
             Ok(hops) => hops,
             Err(status) => {
-                debug!(queue_id = job.queue_id, domain = %escape(job.domain), status = status.dsn_code(), "no next hop");
+                debug!(
+                    queue_id = job.queue_id,
+                    domain = %escape(job.domain),
+                    status = status.dsn_code(),
+                    "no next hop",
+                );
                 clock.connect_time = clock.started.elapsed();
                 return report(
                     job,
@@ -115,7 +130,13 @@ impl SmtpCourier {
                         return report(job, relay, outcome, &clock, results);
                     }
                     AddressOutcome::Failed(failure, outcome) => {
-                        debug!(queue_id = job.queue_id, host = %escape(&peer.label), stage = %failure.stage, detail = %escape(&failure.to_string()), "host failed, trying the next one");
+                        debug!(
+                            queue_id = job.queue_id,
+                            host = %escape(&peer.label),
+                            stage = %failure.stage,
+                            detail = %escape(&failure.to_string()),
+                            "host failed, trying the next one",
+                        );
                         tls = outcome;
                         last_failure = Some(failure);
                     }
@@ -148,18 +169,18 @@ impl SmtpCourier {
         peer: &Peer<'_>,
         clock: &mut Clock,
     ) -> AddressOutcome {
-        let mut plain = match client::connect(peer, self.timeouts).await {
-            Ok(client) => client,
-            Err(failure) => return AddressOutcome::Failed(failure, TlsOutcome::NotConnected),
-        };
-        let capabilities = match client::hello(&mut plain, peer, &self.helo_name).await {
-            Ok(capabilities) => capabilities,
-            Err(failure) => return AddressOutcome::Failed(failure, TlsOutcome::Plain),
+        let (mut plain, capabilities) = match self.open(peer).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
         };
         let offers_starttls = capabilities.has_capability(smtp_proto::EXT_START_TLS);
 
         if job.tls == TlsRequirement::Verified && !offers_starttls {
-            debug!(queue_id = job.queue_id, host = %escape(&peer.label), "STARTTLS not offered, verified TLS required");
+            debug!(
+                queue_id = job.queue_id,
+                host = %escape(&peer.label),
+                "STARTTLS not offered, verified TLS required",
+            );
             let failure = client::tls_failure(peer, "STARTTLS not offered".into(), None);
             client::quit(&mut plain, peer).await;
             return AddressOutcome::Failed(failure, TlsOutcome::Plain);
@@ -195,7 +216,11 @@ impl SmtpCourier {
                     AddressOutcome::Failed(failure, TlsOutcome::Plain)
                 }
                 TlsRequirement::Opportunistic => {
-                    debug!(queue_id = job.queue_id, host = %escape(&peer.label), "STARTTLS rejected, continuing in clear text");
+                    debug!(
+                        queue_id = job.queue_id,
+                        host = %escape(&peer.label),
+                        "STARTTLS rejected, continuing in clear text",
+                    );
                     self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
                         .await
                 }
@@ -218,25 +243,40 @@ impl SmtpCourier {
         tls_failure: Failure,
         clock: &mut Clock,
     ) -> AddressOutcome {
-        debug!(queue_id = job.queue_id, host = %escape(&peer.label), detail = %escape(&tls_failure.detail), "TLS handshake failed, reconnecting in clear text");
-        let mut plain = match client::connect(peer, self.timeouts).await {
-            Ok(client) => client,
-            Err(failure) => return AddressOutcome::Failed(failure, TlsOutcome::NotConnected),
-        };
-        let capabilities = match client::hello(&mut plain, peer, &self.helo_name).await {
-            Ok(capabilities) => capabilities,
-            Err(failure) => return AddressOutcome::Failed(failure, TlsOutcome::Plain),
+        debug!(
+            queue_id = job.queue_id,
+            host = %escape(&peer.label),
+            detail = %escape(&tls_failure.detail),
+            "TLS handshake failed, reconnecting in clear text",
+        );
+        let (plain, capabilities) = match self.open(peer).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
         };
         self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
             .await
     }
 
+    /// Connects, reads the greeting and sends EHLO in clear text.
+    async fn open(
+        &self,
+        peer: &Peer<'_>,
+    ) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), AddressOutcome> {
+        let mut plain = client::connect(peer, self.timeouts)
+            .await
+            .map_err(|failure| AddressOutcome::Failed(failure, TlsOutcome::NotConnected))?;
+        let capabilities = client::hello(&mut plain, peer, &self.helo_name)
+            .await
+            .map_err(|failure| AddressOutcome::Failed(failure, TlsOutcome::Plain))?;
+        Ok((plain, capabilities))
+    }
+
     async fn transact<T>(
         &self,
-        mut client: mail_send::SmtpClient<T>,
+        mut client: SmtpClient<T>,
         peer: &Peer<'_>,
         job: &DeliveryJob<'_>,
-        capabilities: &smtp_proto::EhloResponse<String>,
+        capabilities: &EhloResponse<String>,
         outcome: TlsOutcome,
         clock: &mut Clock,
     ) -> AddressOutcome
@@ -251,11 +291,15 @@ impl SmtpCourier {
 
         match transaction {
             Transaction::Finished(results) => {
-                let data_failed = results.iter().any(|result| {
-                    matches!(&result.status, DeliveryStatus::Deferred(failure) if failure.stage == Stage::Data && failure.reply.is_none())
+                // A DATA failure without a reply is a lost connection or a timeout, after
+                // which the session is unusable and QUIT would only wait.
+                let connection_lost = results.iter().any(|result| match &result.status {
+                    DeliveryStatus::Deferred(failure) => {
+                        failure.stage == Stage::Data && failure.reply.is_none()
+                    }
+                    _ => false,
                 });
-                // After a lost connection or a timeout in DATA the session is unusable.
-                if !data_failed {
+                if !connection_lost {
                     client::quit(&mut client, peer).await;
                 }
                 AddressOutcome::Finished(results, outcome)
@@ -294,7 +338,12 @@ fn report(
     clock: &Clock,
     results: Vec<RecipientResult>,
 ) -> AttemptReport {
-    debug!(queue_id = job.queue_id, relay = ?relay.as_deref().map(escape), tls = %tls, "delivery attempt finished");
+    debug!(
+        queue_id = job.queue_id,
+        relay = ?relay.as_deref().map(escape),
+        tls = %tls,
+        "delivery attempt finished",
+    );
     AttemptReport {
         relay,
         tls,

@@ -107,12 +107,12 @@ impl TestPki {
         }
     }
 
-    /// The folder holding the CA and every certificate made so far.
+    /// Returns the folder that contains the CA and every certificate made so far.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// The CA certificate.
+    /// Returns the CA certificate.
     pub fn ca_certificate(&self) -> &CertificateDer<'static> {
         &self.ca_certificate
     }
@@ -197,7 +197,10 @@ pub enum StartTlsMode {
     Off,
     /// STARTTLS is offered and the handshake presents this certificate.
     Certificate(ServerIdentity),
-    /// STARTTLS is offered and answered with 220, then the server sends bytes that are not
+    /// STARTTLS is offered but rejected with `454 4.7.0`, and the session goes on in clear
+    /// text.
+    Rejected,
+    /// STARTTLS is offered and accepted with 220, then the server sends bytes that are not
     /// TLS and closes the connection, so the handshake fails.
     BrokenHandshake,
 }
@@ -220,6 +223,9 @@ pub enum Fault {
 pub struct ServerScript {
     /// STARTTLS offer and certificate.
     pub starttls: StartTlsMode,
+    /// Reject EHLO with `502 5.5.2`, so that the client must fall back to HELO.
+    /// Default: false.
+    pub reject_ehlo: bool,
     /// Offer 8BITMIME. Default: true.
     pub eightbitmime: bool,
     /// Offer SMTPUTF8. Default: true.
@@ -242,6 +248,7 @@ impl Default for ServerScript {
     fn default() -> Self {
         ServerScript {
             starttls: StartTlsMode::Off,
+            reject_ehlo: false,
             eightbitmime: true,
             smtputf8: true,
             size: None,
@@ -255,7 +262,7 @@ impl Default for ServerScript {
 }
 
 impl ServerScript {
-    /// A script that offers STARTTLS with `identity`.
+    /// Builds the default script with STARTTLS offered, presenting `identity`.
     pub fn with_tls(identity: ServerIdentity) -> ServerScript {
         ServerScript {
             starttls: StartTlsMode::Certificate(identity),
@@ -334,12 +341,12 @@ impl SmtpServer {
         SmtpServer { addr, log, task }
     }
 
-    /// The listening address.
+    /// Returns the listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The listening port.
+    /// Returns the listening port.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -349,7 +356,7 @@ impl SmtpServer {
         self.log.lock().unwrap().connections
     }
 
-    /// Every command received so far, in order.
+    /// Returns every command received so far, in order.
     pub fn commands(&self) -> Vec<ReceivedCommand> {
         self.log.lock().unwrap().commands.clone()
     }
@@ -374,7 +381,7 @@ impl SmtpServer {
             .collect()
     }
 
-    /// Every message accepted so far.
+    /// Returns every message accepted so far.
     pub fn messages(&self) -> Vec<ReceivedMessage> {
         self.log.lock().unwrap().messages.clone()
     }
@@ -478,7 +485,11 @@ impl Session {
             });
             let upper = text.to_ascii_uppercase();
 
-            if upper.starts_with("EHLO") {
+            if upper.starts_with("EHLO") && self.script.reject_ehlo {
+                stream
+                    .write_all(b"502 5.5.2 EHLO not supported\r\n")
+                    .await?;
+            } else if upper.starts_with("EHLO") {
                 let reply = self.ehlo_reply(tls.is_some());
                 stream.write_all(reply.as_bytes()).await?;
             } else if upper.starts_with("HELO") {
@@ -587,7 +598,8 @@ impl Session {
             .collect()
     }
 
-    /// Answers STARTTLS; returns the end of the command loop when the handshake follows.
+    /// Replies to STARTTLS, and returns the end of the command loop when the handshake
+    /// follows.
     async fn start_tls<S>(
         &self,
         stream: &mut BufReader<S>,
@@ -602,6 +614,11 @@ impl Session {
                 .await?;
             return Ok(None);
         }
+        if let StartTlsMode::Rejected = self.script.starttls {
+            let reply = b"454 4.7.0 TLS not available due to temporary reason\r\n";
+            stream.write_all(reply).await?;
+            return Ok(None);
+        }
         let mut reply = b"220 go ahead\r\n".to_vec();
         if let Some(extra) = &self.script.inject_before_handshake {
             reply.extend_from_slice(extra);
@@ -610,7 +627,7 @@ impl Session {
         stream.flush().await?;
 
         if let StartTlsMode::BrokenHandshake = self.script.starttls {
-            // Wait for the ClientHello, then answer with bytes that are not a TLS record.
+            // Wait for the ClientHello, then reply with bytes that are not a TLS record.
             let mut hello = [0u8; 512];
             let _ = stream.get_mut().read(&mut hello).await?;
             stream.write_all(b"this is not TLS\r\n").await?;
@@ -672,8 +689,8 @@ fn strip_verb<'a>(line: &'a str, verb: &str) -> Option<&'a str> {
 // DNS
 
 /// In-memory DNS data. Names are matched case-insensitively, with or without a trailing
-/// dot. A name with no data of the queried type but data of another gets an empty
-/// NOERROR answer; a name with no data at all gets NXDOMAIN.
+/// dot. A name with data of another type than the queried one gets an empty NOERROR
+/// response. A name with no data at all gets NXDOMAIN.
 #[derive(Clone, Default)]
 pub struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
@@ -682,7 +699,7 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// An empty zone.
+    /// Creates an empty zone.
     pub fn new() -> Zone {
         Zone::default()
     }
@@ -849,12 +866,12 @@ impl DnsServer {
         }
     }
 
-    /// The address, UDP and TCP.
+    /// Returns the address, for UDP and TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Every question received so far, as (lowercase name without dot, type).
+    /// Returns every question received so far, as (lowercase name without dot, type).
     pub fn queries(&self) -> Vec<(String, RecordType)> {
         self.queries.lock().unwrap().clone()
     }
@@ -946,7 +963,7 @@ impl SmtpSink {
         sink
     }
 
-    /// The listening port.
+    /// Returns the listening port.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -962,7 +979,7 @@ impl Drop for SmtpSink {
 // ---------------------------------------------------------------------------------------
 // Config and jobs
 
-/// A config for delivery tests: EHLO name `sealgate.test`, DNS at `dns`, MX port
+/// Builds a config for delivery tests: EHLO name `sealgate.test`, DNS at `dns`, MX port
 /// `mx_port`, the test CA as the only trust anchor, and 5-second timeouts.
 pub fn delivery_config(pki: &TestPki, dns: SocketAddr, mx_port: u16) -> Config {
     let mut config = Config::default();
@@ -978,7 +995,7 @@ pub fn delivery_config(pki: &TestPki, dns: SocketAddr, mx_port: u16) -> Config {
     config
 }
 
-/// A job from [`SENDER`] with queue id [`QUEUE_ID`], 7-bit and without SMTPUTF8.
+/// Builds a job from [`SENDER`] with queue id [`QUEUE_ID`], 7-bit and without SMTPUTF8.
 pub fn job<'a>(
     domain: &'a str,
     recipients: &'a [String],
