@@ -5,8 +5,11 @@
 //!   other name. The CA file is [`TestPki::CA_FILE`] inside [`TestPki::dir`], so a config
 //!   with `server.keys_dir = pki.dir()` and `delivery.trust_anchors = [CA_FILE]` trusts it.
 //! - [`SmtpServer`]: a scripted SMTP receiver on `127.0.0.1:0`. A [`ServerScript`] sets
-//!   the EHLO capabilities, the STARTTLS certificate, per-recipient replies and faults
-//!   (drop the connection mid-DATA, stall after DATA, inject bytes before the handshake).
+//!   the EHLO capabilities, or rejects EHLO. Its [`StartTlsMode`] leaves STARTTLS off,
+//!   presents a certificate, rejects STARTTLS or breaks the handshake. It can set the
+//!   replies to MAIL, to chosen RCPTs and to the end of data, inject a [`Fault`] (drop
+//!   the connection mid-DATA or stall after DATA), and send extra bytes right after its
+//!   220 to STARTTLS.
 //!   The server records every command with the TLS state it arrived in, and every message
 //!   it accepted; [`SmtpServer::wait_for_messages`] waits for them with a time limit.
 //! - [`DnsServer`]: an authoritative DNS server on `127.0.0.1:0` (UDP and TCP on the same
@@ -743,13 +746,13 @@ impl Zone {
         self
     }
 
-    /// Answers every query for `name` with NXDOMAIN.
+    /// Makes every query for `name` return NXDOMAIN.
     pub fn nxdomain(mut self, name: &str) -> Zone {
         self.nxdomain.insert(key(name));
         self
     }
 
-    /// Answers every query for `name` with SERVFAIL.
+    /// Makes every query for `name` return SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Zone {
         self.servfail.insert(key(name));
         self
