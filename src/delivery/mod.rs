@@ -3,12 +3,78 @@
 //!
 //! Delivery never decides routes and never touches the queue: it gets one [`DeliveryJob`]
 //! (one sender, one domain, one route) and returns an [`AttemptReport`]. The queue manager
-//! turns that into retries, bounces and log lines.
+//! turns that into retries, bounces and log lines. [`Transport`] is the seam it calls, and
+//! [`SmtpCourier`] is the SMTP implementation.
+//!
+//! The steps of one attempt, each in its own file:
+//!
+//! - `mx`: a matching `[[delivery.routes]]` entry wins. Otherwise the MX records are used
+//!   in preference order (equal preferences shuffled), or the domain itself when it has no
+//!   MX records (RFC 5321 §5.1). A null MX (RFC 7505) or a domain that does not exist is a
+//!   permanent failure.
+//! - `tls`: the verifying and the non-verifying rustls client configs, TLS 1.2 or newer.
+//! - `client`: one SMTP conversation: greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT.
+//! - `transport`: the loop over hosts and addresses, and the TLS rules below.
+//!
+//! TLS rules. On [`TlsRequirement::Verified`] the next hop must offer STARTTLS, and the
+//! handshake, the certificate chain and the name must all check out before MAIL FROM is
+//! sent; otherwise that host is a temporary failure and the next one is tried. On
+//! [`TlsRequirement::Opportunistic`] STARTTLS is used when offered, the certificate is not
+//! checked, and a failed handshake is followed by a new connection to the same address
+//! in clear text without STARTTLS (RFC 7435).
+//!
+//! Conversion rule. sealgate never converts a message. When the body is 8-bit and the
+//! next hop does not offer 8BITMIME after TLS, the recipients bounce with 5.6.3; when the
+//! message needs SMTPUTF8 and the next hop does not offer it, they bounce with 5.6.7
+//! (RFC 6531 §3.4). A message larger than the `SIZE` the next hop announces bounces with
+//! 5.3.4.
+
+mod client;
+mod mx;
+mod tls;
+mod transport;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::TlsRequirement;
+
+pub use transport::{SmtpCourier, Transport};
+
+/// A delivery setup that could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A trust anchor file could not be read.
+    #[error("failed to read trust anchor {path}: {source}")]
+    TrustAnchorRead {
+        /// The file, as resolved against `server.keys_dir`.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trust anchor file contains no usable certificate.
+    #[error("invalid trust anchor {path}: {reason}")]
+    TrustAnchorInvalid {
+        /// The file, as resolved against `server.keys_dir`.
+        path: PathBuf,
+        /// The reason it was rejected.
+        reason: String,
+    },
+    /// A `delivery.dns_servers` entry is not `ip` or `ip:port`.
+    #[error("delivery.dns_servers: invalid DNS server {0:?}: expected an IP address or ip:port")]
+    DnsServer(String),
+    /// The system resolver config could not be read.
+    #[error("failed to read the system DNS config (/etc/resolv.conf): {0}")]
+    SystemDns(String),
+    /// hickory rejected the resolver config.
+    #[error("failed to build the DNS resolver: {0}")]
+    Resolver(String),
+    /// rustls rejected the client config.
+    #[error("failed to build the TLS client config: {0}")]
+    Tls(#[from] rustls::Error),
+}
 
 /// One delivery attempt's input: recipients of one domain on one route.
 #[derive(Clone, Debug)]

@@ -1,0 +1,177 @@
+//! TLS client configs for STARTTLS: one that verifies the chain against the web PKI roots
+//! and `delivery.trust_anchors` and the name against the next hop, and one for
+//! opportunistic TLS that accepts any certificate. Both use the ring provider and allow
+//! TLS 1.2 and 1.3 only.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore,
+};
+use tokio_rustls::TlsConnector;
+
+use super::DeliveryError;
+use crate::config::Config;
+
+/// The two connectors a delivery may use.
+#[derive(Clone)]
+pub(crate) struct TlsConnectors {
+    /// Verifies the chain and the name; for [`crate::policy::TlsRequirement::Verified`].
+    pub verified: TlsConnector,
+    /// Accepts any certificate; for opportunistic TLS.
+    pub unverified: TlsConnector,
+}
+
+impl TlsConnectors {
+    /// Builds both connectors, reading every PEM file in `delivery.trust_anchors`.
+    ///
+    /// # Errors
+    ///
+    /// [`DeliveryError::TrustAnchorRead`] and [`DeliveryError::TrustAnchorInvalid`] name
+    /// the file that failed; [`DeliveryError::Tls`] when rustls rejects the config.
+    pub fn new(config: &Config) -> Result<TlsConnectors, DeliveryError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+
+        let roots = trust_anchors(config)?;
+        if roots.is_empty() {
+            tracing::warn!(
+                "delivery.webpki_roots is false and delivery.trust_anchors is empty: \
+                 verified TLS will fail for every next hop"
+            );
+        }
+        let verified = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let accept_any = AcceptAnyCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let unverified = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(accept_any))
+            .with_no_client_auth();
+
+        Ok(TlsConnectors {
+            verified: TlsConnector::from(Arc::new(verified)),
+            unverified: TlsConnector::from(Arc::new(unverified)),
+        })
+    }
+}
+
+fn trust_anchors(config: &Config) -> Result<RootCertStore, DeliveryError> {
+    let mut roots = RootCertStore::empty();
+    if config.delivery.webpki_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for file in &config.delivery.trust_anchors {
+        let path = config.key_path(file);
+        let pem = std::fs::read(&path).map_err(|source| DeliveryError::TrustAnchorRead {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| DeliveryError::TrustAnchorInvalid {
+            path: path.clone(),
+            reason,
+        };
+        let mut found = 0;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            let certificate = certificate.map_err(|error| invalid(error.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| invalid(error.to_string()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(invalid("no PEM certificate found".into()));
+        }
+    }
+    Ok(roots)
+}
+
+/// Names a TLS version as logs and `Received:` headers write it, such as `TLSv1.3`.
+pub(crate) fn protocol_name(version: Option<ProtocolVersion>) -> String {
+    match version {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".into(),
+    }
+}
+
+/// Describes a failed handshake in the words an operator searches for.
+pub(crate) fn describe_handshake_error(error: &mail_send::Error, tls_name: &str) -> String {
+    let mail_send::Error::Tls(error) = error else {
+        return match error {
+            mail_send::Error::Timeout => "TLS handshake timed out".into(),
+            mail_send::Error::InvalidTLSName => format!("invalid TLS name {tls_name}"),
+            other => format!("TLS handshake failed: {other}"),
+        };
+    };
+    let rustls::Error::InvalidCertificate(certificate) = error.as_ref() else {
+        return format!("TLS handshake failed: {error}");
+    };
+    match certificate {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "certificate expired".into()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "certificate not yet valid".into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("certificate not valid for name {tls_name}")
+        }
+        CertificateError::UnknownIssuer => "unknown issuer".into(),
+        CertificateError::Revoked => "certificate revoked".into(),
+        CertificateError::BadSignature => "bad certificate signature".into(),
+        other => format!("invalid certificate: {other:?}"),
+    }
+}
+
+/// A verifier for opportunistic TLS (RFC 7435): any certificate is accepted, but the
+/// handshake signature must still be made with the certificate's key.
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,354 @@
+//! The seam the queue manager calls, and its SMTP implementation: resolve the next hops,
+//! then try each address of each host in order until one finishes the transaction.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use mail_send::SmtpClient;
+use smtp_proto::EhloResponse;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::client::{self, Peer, StartTls, Timeouts, Transaction};
+use super::mx::HopResolver;
+use super::tls::TlsConnectors;
+use super::{
+    AttemptReport, DeliveryError, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage,
+    TlsOutcome,
+};
+use crate::config::Config;
+use crate::policy::TlsRequirement;
+use crate::telemetry::escape;
+
+/// Delivers one job and reports a result per recipient. Implementations must not panic on
+/// peer input and must return exactly one result per recipient, in job order.
+pub trait Transport: Send + Sync {
+    /// Makes one delivery attempt for `job`.
+    fn deliver<'a>(
+        &'a self,
+        job: &'a DeliveryJob<'a>,
+    ) -> Pin<Box<dyn Future<Output = AttemptReport> + Send + 'a>>;
+}
+
+/// Delivers over SMTP to the MX hosts or the static route of the recipient domain.
+pub struct SmtpCourier {
+    hops: HopResolver,
+    tls: TlsConnectors,
+    helo_name: String,
+    timeouts: Timeouts,
+}
+
+/// The end of the attempt on one address.
+enum AddressOutcome {
+    /// The transaction reached a result for every recipient.
+    Finished(Vec<RecipientResult>, TlsOutcome),
+    /// This address failed; the next one is tried.
+    Failed(Failure, TlsOutcome),
+}
+
+/// Time marks for the report.
+struct Clock {
+    started: Instant,
+    connect_time: Duration,
+    transfer_time: Duration,
+}
+
+impl SmtpCourier {
+    /// Builds the courier: the DNS resolver, the TLS configs and the trust anchors.
+    ///
+    /// # Errors
+    ///
+    /// [`DeliveryError::TrustAnchorRead`] or [`DeliveryError::TrustAnchorInvalid`] for a
+    /// trust anchor file, [`DeliveryError::DnsServer`] for a bad `dns_servers` entry,
+    /// [`DeliveryError::SystemDns`] when `/etc/resolv.conf` cannot be used,
+    /// [`DeliveryError::Resolver`] when hickory rejects the resolver config, and
+    /// [`DeliveryError::Tls`] when rustls rejects the config.
+    pub fn new(config: &Config) -> Result<SmtpCourier, DeliveryError> {
+        let delivery = &config.delivery;
+        Ok(SmtpCourier {
+            hops: HopResolver::new(delivery)?,
+            tls: TlsConnectors::new(config)?,
+            helo_name: config.helo_name().to_owned(),
+            timeouts: Timeouts {
+                connect: delivery.connect_timeout.0,
+                command: delivery.command_timeout.0,
+                data: delivery.data_timeout.0,
+            },
+        })
+    }
+
+    async fn deliver_job(&self, job: &DeliveryJob<'_>) -> AttemptReport {
+        let mut clock = Clock {
+            started: Instant::now(),
+            connect_time: Duration::ZERO,
+            transfer_time: Duration::ZERO,
+        };
+        debug!(
+            queue_id = job.queue_id,
+            domain = %escape(job.domain),
+            tls = ?job.tls,
+            recipients = job.recipients.len(),
+            "delivery attempt",
+        );
+
+        let hops = match self.hops.next_hops(job.queue_id, job.domain).await {
+            Ok(hops) => hops,
+            Err(status) => {
+                debug!(
+                    queue_id = job.queue_id,
+                    domain = %escape(job.domain),
+                    status = status.dsn_code(),
+                    "no next hop",
+                );
+                clock.connect_time = clock.started.elapsed();
+                return report(
+                    job,
+                    None,
+                    TlsOutcome::NotConnected,
+                    &clock,
+                    same_for_all(job, *status),
+                );
+            }
+        };
+
+        let mut relay = None;
+        let mut tls = TlsOutcome::NotConnected;
+        let mut last_failure = None;
+        for hop in &hops {
+            for ip in &hop.addresses {
+                let peer = Peer {
+                    label: format!("{}[{ip}]:{}", hop.name, hop.port),
+                    address: SocketAddr::new(*ip, hop.port),
+                    tls_name: &hop.tls_name,
+                    queue_id: job.queue_id,
+                };
+                relay = Some(peer.label.clone());
+                match self.try_address(job, &peer, &mut clock).await {
+                    AddressOutcome::Finished(results, outcome) => {
+                        return report(job, relay, outcome, &clock, results);
+                    }
+                    AddressOutcome::Failed(failure, outcome) => {
+                        debug!(
+                            queue_id = job.queue_id,
+                            host = %escape(&peer.label),
+                            stage = %failure.stage,
+                            detail = %escape(&failure.to_string()),
+                            "host failed, trying the next one",
+                        );
+                        tls = outcome;
+                        last_failure = Some(failure);
+                    }
+                }
+            }
+        }
+
+        clock.connect_time = clock.started.elapsed();
+        // `next_hops` returns at least one hop with at least one address.
+        let failure = last_failure.unwrap_or_else(|| Failure {
+            host: None,
+            stage: Stage::Connect,
+            detail: format!("no address to try for {}", job.domain),
+            reply: None,
+            status: "4.4.4".into(),
+        });
+        report(
+            job,
+            relay,
+            tls,
+            &clock,
+            same_for_all(job, DeliveryStatus::Deferred(failure)),
+        )
+    }
+
+    /// Delivers to one address with the TLS level of the job.
+    async fn try_address(
+        &self,
+        job: &DeliveryJob<'_>,
+        peer: &Peer<'_>,
+        clock: &mut Clock,
+    ) -> AddressOutcome {
+        let (mut plain, capabilities) = match self.open(peer).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
+        let offers_starttls = capabilities.has_capability(smtp_proto::EXT_START_TLS);
+
+        if job.tls == TlsRequirement::Verified && !offers_starttls {
+            debug!(
+                queue_id = job.queue_id,
+                host = %escape(&peer.label),
+                "STARTTLS not offered, verified TLS required",
+            );
+            let failure = client::tls_failure(peer, "STARTTLS not offered".into(), None);
+            client::quit(&mut plain, peer).await;
+            return AddressOutcome::Failed(failure, TlsOutcome::Plain);
+        }
+        if !offers_starttls {
+            return self
+                .transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
+                .await;
+        }
+
+        let connector = match job.tls {
+            TlsRequirement::Verified => &self.tls.verified,
+            TlsRequirement::Opportunistic => &self.tls.unverified,
+        };
+        match client::start_tls(plain, peer, connector).await {
+            StartTls::Upgraded(secure, version) => {
+                let mut secure = *secure;
+                let outcome = match job.tls {
+                    TlsRequirement::Verified => TlsOutcome::Verified { version },
+                    TlsRequirement::Opportunistic => TlsOutcome::Unverified { version },
+                };
+                // RFC 3207 §4.2: forget what was learned before TLS and ask again.
+                let capabilities = match client::hello(&mut secure, peer, &self.helo_name).await {
+                    Ok(capabilities) => capabilities,
+                    Err(failure) => return AddressOutcome::Failed(failure, outcome),
+                };
+                self.transact(secure, peer, job, &capabilities, outcome, clock)
+                    .await
+            }
+            StartTls::Rejected(mut plain, failure) => match job.tls {
+                TlsRequirement::Verified => {
+                    client::quit(&mut plain, peer).await;
+                    AddressOutcome::Failed(failure, TlsOutcome::Plain)
+                }
+                TlsRequirement::Opportunistic => {
+                    debug!(
+                        queue_id = job.queue_id,
+                        host = %escape(&peer.label),
+                        "STARTTLS rejected, continuing in clear text",
+                    );
+                    self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
+                        .await
+                }
+            },
+            StartTls::HandshakeFailed(failure) => match job.tls {
+                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Plain),
+                TlsRequirement::Opportunistic => {
+                    self.retry_in_clear(job, peer, failure, clock).await
+                }
+            },
+        }
+    }
+
+    /// RFC 7435: after a failed opportunistic handshake, reconnect and send in clear
+    /// text without STARTTLS.
+    async fn retry_in_clear(
+        &self,
+        job: &DeliveryJob<'_>,
+        peer: &Peer<'_>,
+        tls_failure: Failure,
+        clock: &mut Clock,
+    ) -> AddressOutcome {
+        debug!(
+            queue_id = job.queue_id,
+            host = %escape(&peer.label),
+            detail = %escape(&tls_failure.detail),
+            "TLS handshake failed, reconnecting in clear text",
+        );
+        let (plain, capabilities) = match self.open(peer).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
+        self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
+            .await
+    }
+
+    /// Connects, reads the greeting and sends EHLO in clear text.
+    async fn open(
+        &self,
+        peer: &Peer<'_>,
+    ) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), AddressOutcome> {
+        let mut plain = client::connect(peer, self.timeouts)
+            .await
+            .map_err(|failure| AddressOutcome::Failed(failure, TlsOutcome::NotConnected))?;
+        let capabilities = client::hello(&mut plain, peer, &self.helo_name)
+            .await
+            .map_err(|failure| AddressOutcome::Failed(failure, TlsOutcome::Plain))?;
+        Ok((plain, capabilities))
+    }
+
+    async fn transact<T>(
+        &self,
+        mut client: SmtpClient<T>,
+        peer: &Peer<'_>,
+        job: &DeliveryJob<'_>,
+        capabilities: &EhloResponse<String>,
+        outcome: TlsOutcome,
+        clock: &mut Clock,
+    ) -> AddressOutcome
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        clock.connect_time = clock.started.elapsed();
+        let transfer_started = Instant::now();
+        let transaction =
+            client::transact(&mut client, peer, job, capabilities, self.timeouts).await;
+        clock.transfer_time = transfer_started.elapsed();
+
+        match transaction {
+            Transaction::Finished(results) => {
+                // A DATA failure without a reply is a lost connection or a timeout, after
+                // which the session is unusable and QUIT would only wait.
+                let connection_lost = results.iter().any(|result| match &result.status {
+                    DeliveryStatus::Deferred(failure) => {
+                        failure.stage == Stage::Data && failure.reply.is_none()
+                    }
+                    _ => false,
+                });
+                if !connection_lost {
+                    client::quit(&mut client, peer).await;
+                }
+                AddressOutcome::Finished(results, outcome)
+            }
+            Transaction::NextHost(failure) => {
+                client::quit(&mut client, peer).await;
+                AddressOutcome::Failed(failure, outcome)
+            }
+        }
+    }
+}
+
+impl Transport for SmtpCourier {
+    fn deliver<'a>(
+        &'a self,
+        job: &'a DeliveryJob<'a>,
+    ) -> Pin<Box<dyn Future<Output = AttemptReport> + Send + 'a>> {
+        Box::pin(self.deliver_job(job))
+    }
+}
+
+fn same_for_all(job: &DeliveryJob<'_>, status: DeliveryStatus) -> Vec<RecipientResult> {
+    job.recipients
+        .iter()
+        .map(|recipient| RecipientResult {
+            recipient: recipient.clone(),
+            status: status.clone(),
+        })
+        .collect()
+}
+
+fn report(
+    job: &DeliveryJob<'_>,
+    relay: Option<String>,
+    tls: TlsOutcome,
+    clock: &Clock,
+    results: Vec<RecipientResult>,
+) -> AttemptReport {
+    debug!(
+        queue_id = job.queue_id,
+        relay = ?relay.as_deref().map(escape),
+        tls = %tls,
+        "delivery attempt finished",
+    );
+    AttemptReport {
+        relay,
+        tls,
+        connect_time: clock.connect_time,
+        transfer_time: clock.transfer_time,
+        results,
+    }
+}
