@@ -256,12 +256,3 @@ impl DeliveryStatus {
         }
     }
 }
-
-/// The seam between the queue and outbound SMTP: one attempt for one job.
-pub trait Transport: Send + Sync {
-    /// Makes one delivery attempt and reports a result for every recipient of the job.
-    fn deliver<'a>(
-        &'a self,
-        job: &'a DeliveryJob<'a>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AttemptReport> + Send + 'a>>;
-}
