@@ -160,10 +160,6 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|error| format!("failed to listen on {address}: {error}"))?;
-        let local = listener
-            .local_addr()
-            .map_err(|error| format!("failed to read listener address: {error}"))?;
-        tracing::info!(address = %local, hostname = %config.server.hostname, "smtp listener started");
         tokio::spawn(inbound::serve(listener, Arc::clone(&context)));
     }
 

@@ -103,6 +103,7 @@ fn route_to(domain: &str, next_hop: SocketAddr) -> String {
 /// Sends one message with mail-send and returns the queue id from the `250` reply.
 async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: String) -> String {
     let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
+        .expect("builder for a loopback address")
         .implicit_tls(false)
         .helo_host("staff-mta.clinic.example.org")
         .timeout(Duration::from_secs(30))

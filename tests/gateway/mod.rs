@@ -64,7 +64,7 @@ impl Gateway {
             log,
         };
         let line = gateway
-            .wait_for_log("smtp listener started", Duration::from_secs(20))
+            .wait_for_log("SMTP listener started", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", gateway.log()));
         let address = line
             .split_whitespace()
@@ -152,8 +152,13 @@ pub fn write_self_signed(keys: &Path) {
 }
 
 /// The config every end-to-end test starts from: listener on port 0, data and keys in the
-/// test folder, short retries. `extra` is appended (further tables).
+/// test folder, one-second retries for an hour. `extra` is appended (further tables).
 pub fn base_config(dir: &Path, extra: &str) -> String {
+    config_with_lifetime(dir, "1h", extra)
+}
+
+/// As [`base_config`], with `queue.max_lifetime` set to `lifetime`.
+pub fn config_with_lifetime(dir: &Path, lifetime: &str, extra: &str) -> String {
     format!(
         r#"[server]
 hostname = "gateway.test.example"
@@ -165,7 +170,7 @@ listen = ["127.0.0.1:0"]
 
 [queue]
 retry_schedule = ["1s"]
-max_lifetime = "1h"
+max_lifetime = "{lifetime}"
 scan_interval = "200ms"
 
 {extra}
