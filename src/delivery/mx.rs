@@ -168,6 +168,17 @@ impl HopResolver {
             MxAnswer::Hosts(exchanges) => exchanges,
         };
 
+        self.resolve_exchanges(queue_id, domain, exchanges).await
+    }
+
+    /// Looks up the addresses of each MX host in order, skipping hosts that are IP
+    /// addresses or have no address.
+    async fn resolve_exchanges(
+        &self,
+        queue_id: &str,
+        domain: &str,
+        exchanges: Vec<Name>,
+    ) -> Result<Vec<NextHop>, Box<DeliveryStatus>> {
         let mut hops = Vec::new();
         for exchange in exchanges {
             let host = display_name(&exchange);
