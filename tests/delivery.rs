@@ -849,6 +849,28 @@ async fn servfail_defers() {
 }
 
 #[tokio::test]
+async fn dns_timeout_defers() {
+    common::init_logs();
+    let pki = TestPki::new();
+    let server = SmtpServer::start(ServerScript::default()).await;
+    let dns = DnsServer::start(Zone::new().unresponsive("slow.test")).await;
+    let mut config = delivery_config(&pki, dns.addr(), server.port());
+    config.delivery.dns_timeout = ConfigDuration(Duration::from_millis(200));
+    let courier = SmtpCourier::new(&config).expect("build courier");
+
+    let started = std::time::Instant::now();
+    let report = deliver_one(&courier, "slow.test", TlsRequirement::Opportunistic, BODY).await;
+    let elapsed = started.elapsed();
+
+    let failure = deferred(&report, 0);
+    assert_eq!(failure.stage, Stage::Dns);
+    assert_eq!(failure.status, "4.4.3");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert!(!dns.queries().is_empty());
+    assert_eq!(server.connections(), 0);
+}
+
+#[tokio::test]
 async fn connection_refused_defers() {
     common::init_logs();
     let pki = TestPki::new();

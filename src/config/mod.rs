@@ -125,6 +125,9 @@ pub struct DeliveryConfig {
     pub trust_anchors: Vec<PathBuf>,
     /// Trust the built-in web PKI roots. Default: true.
     pub webpki_roots: bool,
+    /// Time allowed for one DNS query. hickory retries a query that timed out, and a
+    /// lookup that still fails defers the delivery. Default: `5s`.
+    pub dns_timeout: ConfigDuration,
     /// Time allowed to connect. Default: `30s`.
     pub connect_timeout: ConfigDuration,
     /// Time allowed for each command reply. Default: `5m`.
@@ -223,6 +226,7 @@ impl Default for DeliveryConfig {
             dns_servers: Vec::new(),
             trust_anchors: Vec::new(),
             webpki_roots: true,
+            dns_timeout: ConfigDuration::secs(5),
             connect_timeout: ConfigDuration::secs(30),
             command_timeout: ConfigDuration::secs(300),
             data_timeout: ConfigDuration::secs(600),

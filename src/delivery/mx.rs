@@ -62,7 +62,7 @@ impl HopResolver {
     /// that list is empty.
     pub fn new(config: &DeliveryConfig) -> Result<HopResolver, DeliveryError> {
         let provider = TokioRuntimeProvider::default();
-        let builder = if config.dns_servers.is_empty() {
+        let mut builder = if config.dns_servers.is_empty() {
             TokioResolver::builder(provider)
                 .map_err(|error| DeliveryError::SystemDns(error.to_string()))?
         } else {
@@ -78,6 +78,7 @@ impl HopResolver {
             }
             TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
+        builder.options_mut().timeout = config.dns_timeout.0;
         let resolver = builder
             .build()
             .map_err(|error| DeliveryError::Resolver(error.to_string()))?;
@@ -167,6 +168,17 @@ impl HopResolver {
             MxAnswer::Hosts(exchanges) => exchanges,
         };
 
+        self.resolve_exchanges(queue_id, domain, exchanges).await
+    }
+
+    /// Looks up the addresses of each MX host in order, skipping hosts that are IP
+    /// addresses or have no address.
+    async fn resolve_exchanges(
+        &self,
+        queue_id: &str,
+        domain: &str,
+        exchanges: Vec<Name>,
+    ) -> Result<Vec<NextHop>, Box<DeliveryStatus>> {
         let mut hops = Vec::new();
         for exchange in exchanges {
             let host = display_name(&exchange);

@@ -135,7 +135,7 @@ impl SmtpCourier {
                             host = %escape(&peer.label),
                             stage = %failure.stage,
                             detail = %escape(&failure.to_string()),
-                            "host failed, trying the next one",
+                            "host failed",
                         );
                         tls = outcome;
                         last_failure = Some(failure);
@@ -145,7 +145,7 @@ impl SmtpCourier {
         }
 
         clock.connect_time = clock.started.elapsed();
-        // `next_hops` returns at least one hop with at least one address.
+        // Unreachable in practice: `next_hops` returns at least one hop with an address.
         let failure = last_failure.unwrap_or_else(|| Failure {
             host: None,
             stage: Stage::Connect,

@@ -699,6 +699,7 @@ pub struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
     nxdomain: HashSet<String>,
     servfail: HashSet<String>,
+    unresponsive: HashSet<String>,
 }
 
 impl Zone {
@@ -752,6 +753,12 @@ impl Zone {
         self
     }
 
+    /// Makes every query for `name` go unanswered, so that the client times out.
+    pub fn unresponsive(mut self, name: &str) -> Zone {
+        self.unresponsive.insert(key(name));
+        self
+    }
+
     /// Makes every query for `name` return SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Zone {
         self.servfail.insert(key(name));
@@ -765,26 +772,30 @@ impl Zone {
             .push(data);
     }
 
-    fn answer(&self, query: &Message) -> Message {
+    /// Builds the response to `query`, or `None` when the name is unresponsive.
+    fn answer(&self, query: &Message) -> Option<Message> {
         let mut response = Message::response(query.metadata.id, query.metadata.op_code);
         response.metadata.authoritative = true;
         response.metadata.recursion_desired = query.metadata.recursion_desired;
         response.metadata.recursion_available = true;
         let Some(question) = query.queries.first() else {
             response.metadata.response_code = ResponseCode::FormErr;
-            return response;
+            return Some(response);
         };
         response.add_query(question.clone());
 
         let name = key(&question.name().to_ascii());
+        if self.unresponsive.contains(&name) {
+            return None;
+        }
         if self.servfail.contains(&name) {
             response.metadata.response_code = ResponseCode::ServFail;
-            return response;
+            return Some(response);
         }
         let known = self.records.keys().any(|(owner, _)| *owner == name);
         if self.nxdomain.contains(&name) || !known {
             response.metadata.response_code = ResponseCode::NXDomain;
-            return response;
+            return Some(response);
         }
         for data in self
             .records
@@ -798,7 +809,7 @@ impl Zone {
                 data.clone(),
             ));
         }
-        response
+        Some(response)
     }
 }
 
@@ -900,7 +911,7 @@ fn respond(
             .unwrap()
             .push((key(&question.name().to_ascii()), question.query_type()));
     }
-    zone.answer(&query).to_vec().ok()
+    zone.answer(&query)?.to_vec().ok()
 }
 
 async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
