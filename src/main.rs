@@ -17,7 +17,11 @@ use sealgate::queue::{QueueManager, Spool};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
-#[command(name = "sealgate", version, about = "Outbound email encryption gateway")]
+#[command(
+    name = "sealgate",
+    version,
+    about = "Outbound email encryption gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,8 +120,9 @@ fn serve(config_path: Option<&Path>) -> Result<(), String> {
             "no --config given: running the embedded development default (loopback only, \
              data in ./data, keys in ./keys)"
         );
-        let created = keys::create_development_keys(&config.server.keys_dir, &config.server.hostname)
-            .map_err(|error| error.to_string())?;
+        let created =
+            keys::create_development_keys(&config.server.keys_dir, &config.server.hostname)
+                .map_err(|error| error.to_string())?;
         if created {
             tracing::warn!(
                 keys_dir = %config.server.keys_dir.display(),
@@ -258,7 +263,12 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
                 let recipients = store.recipients(&message.id).map_err(error)?;
                 let open: Vec<String> = recipients
                     .iter()
-                    .filter(|row| matches!(row.state, RecipientState::Incoming | RecipientState::Pending))
+                    .filter(|row| {
+                        matches!(
+                            row.state,
+                            RecipientState::Incoming | RecipientState::Pending
+                        )
+                    })
                     .map(|row| display_address(&row.address))
                     .collect();
                 println!(
@@ -283,7 +293,10 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
             println!("client: {}", sealgate::telemetry::escape(&message.client));
             println!("size: {}", message.size);
             println!("age: {}", format_age(now_millis() - message.received_at));
-            println!("8bit: {}, smtputf8: {}", message.body_8bit, message.smtputf8);
+            println!(
+                "8bit: {}, smtputf8: {}",
+                message.body_8bit, message.smtputf8
+            );
             for row in store.recipients(&id).map_err(error)? {
                 println!(
                     "to: {} state={:?} route={} attempts={} next={} status={} relay={} tls={}",

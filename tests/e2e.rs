@@ -1,102 +1,40 @@
-//! End-to-end tests of the real binary: mail in over SMTP, out to Postfix's `smtp-sink`.
+//! End-to-end tests of the real binary: mail in over SMTP from mail-send, swaks and a real
+//! Postfix, out to Postfix's `smtp-sink` and to scripted TLS and plain-text receivers.
 
+mod common;
 mod gateway;
+mod postfix;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
 
-use gateway::{Gateway, base_config};
+use common::{Fault, ServerScript, SmtpServer, SmtpSink, StartTlsMode, TestPki, free_tcp_port};
+use gateway::{Gateway, base_config, config_with_lifetime};
 use mail_send::SmtpClientBuilder;
 
-/// Postfix's `smtp-sink`, dumping each transaction to a file in a folder.
-struct SmtpSink {
-    child: Child,
-    dumps: PathBuf,
+/// A static route for `domain` to a loopback port.
+fn route_to(domain: &str, port: u16) -> String {
+    format!("[[delivery.routes]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1\"\nport = {port}\n")
 }
 
-impl SmtpSink {
-    fn start(address: SocketAddr, dumps: &Path) -> SmtpSink {
-        std::fs::create_dir_all(dumps).unwrap();
-        let program = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
-            .into_iter()
-            .find(|path| Path::new(path).exists())
-            .expect("smtp-sink not found: install Debian's postfix package");
-        let child = Command::new(program)
-            .arg("-u")
-            .arg(whoami())
-            .arg("-d")
-            .arg(format!("{}/%H%M%S.", dumps.display()))
-            .arg(address.to_string())
-            .arg("100")
-            .spawn()
-            .expect("failed to start smtp-sink");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(address).is_err() {
-            assert!(Instant::now() < deadline, "smtp-sink did not start on {address}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpSink {
-            child,
-            dumps: dumps.to_owned(),
-        }
-    }
-
-    /// Contents of every dumped transaction.
-    fn messages(&self) -> Vec<String> {
-        let mut messages = Vec::new();
-        for entry in std::fs::read_dir(&self.dumps).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            messages.push(String::from_utf8_lossy(&bytes).into_owned());
-        }
-        messages
-    }
-
-    /// Waits until the dumps together contain every marker, and returns how often each
-    /// marker was seen.
-    fn wait_for_markers(&self, markers: &[String], timeout: Duration) -> Vec<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let messages = self.messages();
-            let counts: Vec<usize> = markers
-                .iter()
-                .map(|marker| messages.iter().filter(|m| m.contains(marker.as_str())).count())
-                .collect();
-            if counts.iter().all(|count| *count > 0) || Instant::now() >= deadline {
-                return counts;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// A static route whose certificate must be valid for `tls_name`.
+fn verified_route_to(domain: &str, port: u16, tls_name: &str) -> String {
+    format!("{}tls_name = \"{tls_name}\"\n", route_to(domain, port))
 }
 
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn whoami() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|user| !user.is_empty())
-        .unwrap_or_else(|| "root".into())
-}
-
-/// A free loopback port: bound, read back and released.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn route_to(domain: &str, next_hop: SocketAddr) -> String {
+/// Delivery settings that trust only the test CA, copied into the gateway's keys folder.
+fn trust_test_ca(pki: &TestPki, dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::copy(
+        pki.dir().join(TestPki::CA_FILE),
+        dir.join("keys").join(TestPki::CA_FILE),
+    )
+    .unwrap();
     format!(
-        "[[delivery.routes]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-        next_hop.port()
+        "[delivery]\nwebpki_roots = false\ntrust_anchors = [\"{}\"]\nconnect_timeout = \"5s\"\n\
+         command_timeout = \"5s\"\ndata_timeout = \"5s\"\n",
+        TestPki::CA_FILE
     )
 }
 
@@ -111,7 +49,10 @@ async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: String) -> Str
         .await
         .expect("connect to the gateway");
     let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
-    let reply = client.send(message).await.expect("gateway accepted the message");
+    let reply = client
+        .send(message)
+        .await
+        .expect("gateway accepted the message");
     assert_eq!(reply.code(), 250);
     let text = reply.message().to_string();
     let id = text
@@ -135,19 +76,27 @@ fn message_with_marker(marker: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_after_250_loses_no_mail() {
     let dir = tempfile::tempdir().unwrap();
-    let sink_address = free_port();
+    let sink_port = free_tcp_port();
     // The next hop is down during the first run, so every message is still queued when
     // the gateway is killed.
-    let config = base_config(dir.path(), &route_to("sink.example", sink_address));
+    let config = base_config(dir.path(), &route_to("sink.example", sink_port));
     let mut gateway = Gateway::start(dir.path(), &config);
 
-    let markers: Vec<String> = (0..40).map(|n| format!("crash-{n:02}-{}", std::process::id())).collect();
+    let markers: Vec<String> = (0..40)
+        .map(|n| format!("crash-{n:02}-{}", std::process::id()))
+        .collect();
     let mut sends = Vec::new();
     for marker in &markers {
         let body = message_with_marker(marker);
         let address = gateway.smtp;
         sends.push(tokio::spawn(async move {
-            send(address, "ada@clinic.example.org", &["friend@sink.example"], body).await
+            send(
+                address,
+                "ada@clinic.example.org",
+                &["friend@sink.example"],
+                body,
+            )
+            .await
         }));
     }
     let mut ids = Vec::new();
@@ -156,16 +105,23 @@ async fn kill_after_250_loses_no_mail() {
     }
     gateway.kill9();
 
-    let sink = SmtpSink::start(sink_address, &dir.path().join("sink"));
+    let sink = SmtpSink::start_dumping(sink_port, &dir.path().join("sink"));
     let gateway = Gateway::start(dir.path(), &config);
     let counts = sink.wait_for_markers(&markers, Duration::from_secs(60));
     for (marker, count) in markers.iter().zip(&counts) {
-        assert!(*count >= 1, "{marker} was accepted but never delivered; log:\n{}", gateway.log());
+        assert!(
+            *count >= 1,
+            "{marker} was accepted but never delivered; log:\n{}",
+            gateway.log()
+        );
     }
     for id in &ids {
         assert!(
             gateway
-                .wait_for_log(&format!("{id}: to=<friend@sink.example>, relay="), Duration::from_secs(10))
+                .wait_for_log(
+                    &format!("{id}: to=<friend@sink.example>, relay="),
+                    Duration::from_secs(10)
+                )
                 .is_some_and(|line| line.contains("status=sent")),
             "no sent line for {id}"
         );
@@ -175,9 +131,9 @@ async fn kill_after_250_loses_no_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_log_lines_keep_their_format() {
     let dir = tempfile::tempdir().unwrap();
-    let sink_address = free_port();
-    let sink = SmtpSink::start(sink_address, &dir.path().join("sink"));
-    let config = base_config(dir.path(), &route_to("sink.example", sink_address));
+    let sink_port = free_tcp_port();
+    let sink = SmtpSink::start_dumping(sink_port, &dir.path().join("sink"));
+    let config = base_config(dir.path(), &route_to("sink.example", sink_port));
     let gateway = Gateway::start(dir.path(), &config);
 
     let id = send(
@@ -197,10 +153,15 @@ async fn mail_log_lines_keep_their_format() {
     assert!(queued.contains("size="), "{queued}");
 
     let sent = gateway
-        .wait_for_log(&format!("{id}: to=<friend@sink.example>, relay="), Duration::from_secs(10))
+        .wait_for_log(
+            &format!("{id}: to=<friend@sink.example>, relay="),
+            Duration::from_secs(10),
+        )
         .expect("delivery line");
     let fields = sent.split_once(&format!("{id}: ")).unwrap().1;
-    let expected_order = ["to=", "relay=", "delay=", "delays=", "tls=", "route=", "dsn=", "status="];
+    let expected_order = [
+        "to=", "relay=", "delay=", "delays=", "tls=", "route=", "dsn=", "status=",
+    ];
     let mut position = 0;
     for field in expected_order {
         let found = fields[position..]
@@ -209,11 +170,490 @@ async fn mail_log_lines_keep_their_format() {
         position += found + field.len();
     }
     assert!(
-        fields.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", sink_address.port())),
+        fields.contains(&format!("relay=127.0.0.1[127.0.0.1]:{sink_port}")),
         "{sent}"
     );
     assert!(fields.contains("route=opportunistic"), "{sent}");
-    assert!(fields.contains("tls=plain"), "smtp-sink offers no STARTTLS: {sent}");
+    assert!(
+        fields.contains("tls=plain"),
+        "smtp-sink offers no STARTTLS: {sent}"
+    );
     assert!(fields.contains("dsn=2.0.0"), "{sent}");
     assert!(fields.contains("status=sent (250"), "{sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_relays_through_gateway_to_verified_tls() {
+    if let Some(reason) = postfix::unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Postfix test: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let receiver = SmtpServer::start(ServerScript::with_tls(pki.server("mx.trust.nhs.test"))).await;
+    let extra = format!(
+        "{}{}",
+        trust_test_ca(&pki, dir.path()),
+        verified_route_to("trust.nhs.net", receiver.port(), "mx.trust.nhs.test")
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    // Postfix, as the staff mail server, relays everything to the gateway over STARTTLS.
+    let postfix_smtp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let staff = postfix::Postfix::start(
+        &dir.path().join("postfix"),
+        postfix_smtp,
+        gateway.smtp,
+        "encrypt",
+    );
+    let swaks = Command::new("swaks")
+        .args(["--server", &postfix_smtp.to_string()])
+        .args(["--from", "ada.lovell@clinic.example.org"])
+        .args(["--to", "referrals@trust.nhs.net"])
+        .args([
+            "--data",
+            "tests/fixtures/samples/01-referral-secure-tag.eml",
+        ])
+        .output()
+        .expect("run swaks");
+    assert!(
+        swaks.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swaks.stdout)
+    );
+
+    let messages = receiver.wait_for_messages(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        messages.len(),
+        1,
+        "gateway log:\n{}\npostfix log:\n{}",
+        gateway.log(),
+        staff.maillog()
+    );
+    assert_eq!(messages[0].recipients, ["referrals@trust.nhs.net"]);
+    assert!(
+        messages[0].tls.is_some(),
+        "the secure domain got the message in clear"
+    );
+    let data = String::from_utf8_lossy(&messages[0].data);
+    assert!(data.contains("Message-ID: <01-referral-secure-tag@clinic.example.org>"));
+    assert!(
+        data.contains("by staff-mta.clinic.example.org"),
+        "Postfix's Received header"
+    );
+    assert!(
+        data.contains("by gateway.test.example"),
+        "the gateway's Received header"
+    );
+
+    let relayed = staff
+        .wait_for_maillog(&["status=sent", "queued as"], Duration::from_secs(10))
+        .expect("Postfix logged the relay to the gateway");
+    assert!(
+        relayed.contains(&format!(
+            "relay=127.0.0.1[127.0.0.1]:{}",
+            gateway.smtp.port()
+        )),
+        "{relayed}"
+    );
+    let id = relayed
+        .rsplit("queued as ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let line = gateway
+        .wait_for_log(
+            &format!("{id}: to=<referrals@trust.nhs.net>, relay="),
+            Duration::from_secs(10),
+        )
+        .expect("gateway delivery line for the id Postfix logged");
+    assert!(line.contains("route=forced-tls"), "{line}");
+    assert!(line.contains("/verified"), "{line}");
+    assert!(line.contains("status=sent"), "{line}");
+    let received_tls = staff
+        .wait_for_maillog(
+            &["Trusted TLS connection established", "127.0.0.1"],
+            Duration::from_secs(1),
+        )
+        .or_else(|| {
+            staff.wait_for_maillog(&["TLS connection established"], Duration::from_secs(1))
+        });
+    assert!(
+        received_tls.is_some(),
+        "Postfix used STARTTLS to the gateway:\n{}",
+        staff.maillog()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tls_never_sends_in_clear_and_bounces_after_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    // The secure domain's next hop offers no STARTTLS.
+    let insecure = SmtpServer::start(ServerScript::default()).await;
+    // The sender's own mail server, where the DSN goes.
+    let sender_home = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "{}{}{}",
+        trust_test_ca(&pki, dir.path()),
+        verified_route_to("nhs.net", insecure.port(), "mx.nhs.test"),
+        route_to("clinic.example.org", sender_home.port())
+    );
+    let gateway = Gateway::start(dir.path(), &config_with_lifetime(dir.path(), "3s", &extra));
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["gp@nhs.net"],
+        message_with_marker("no-starttls"),
+    )
+    .await;
+
+    let dsn = sender_home
+        .wait_for_messages(1, Duration::from_secs(30))
+        .await;
+    assert_eq!(dsn.len(), 1, "one DSN expected; log:\n{}", gateway.log());
+    assert_eq!(dsn[0].mail_from.split_whitespace().next(), Some("<>"));
+    assert_eq!(dsn[0].recipients, ["ada@clinic.example.org"]);
+    let report = String::from_utf8_lossy(&dsn[0].data);
+    assert!(report.contains("multipart/report"), "{report}");
+    assert!(
+        report.contains("report-type=\"delivery-status\"")
+            || report.contains("report-type=delivery-status"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Final-Recipient: rfc822; gp@nhs.net"),
+        "{report}"
+    );
+    assert!(report.contains("Status: 4.4.7"), "{report}");
+    assert!(
+        report.contains("STARTTLS"),
+        "the DSN names the TLS failure: {report}"
+    );
+    assert!(report.contains(&id), "{report}");
+
+    assert!(
+        insecure.clear_text_commands("MAIL").is_empty(),
+        "MAIL FROM was sent to a next hop without TLS"
+    );
+    assert!(
+        insecure.messages().is_empty(),
+        "a secure-domain message left in clear"
+    );
+    let deferred = gateway
+        .wait_for_lines(
+            &format!("{id}: to=<gp@nhs.net>, relay="),
+            2,
+            Duration::from_secs(5),
+        )
+        .expect("at least two attempts");
+    assert!(deferred[0].contains("status=deferred"), "{}", deferred[0]);
+    assert!(deferred[0].contains("route=forced-tls"), "{}", deferred[0]);
+    assert!(
+        gateway
+            .wait_for_log("status=expired", Duration::from_secs(5))
+            .is_some(),
+        "no expired line"
+    );
+    // Exactly one DSN, even after more scans.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sender_home.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_mid_data_is_retried_and_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = SmtpServer::start(ServerScript {
+        fault: Fault::DropMidData,
+        fault_first_only: true,
+        ..ServerScript::default()
+    })
+    .await;
+    let config = base_config(dir.path(), &route_to("partner.example", receiver.port()));
+    let gateway = Gateway::start(dir.path(), &config);
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["bob@partner.example"],
+        message_with_marker("dropped"),
+    )
+    .await;
+    let messages = receiver.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 1, "log:\n{}", gateway.log());
+    let lines = gateway
+        .wait_for_lines(
+            &format!("{id}: to=<bob@partner.example>, relay="),
+            2,
+            Duration::from_secs(5),
+        )
+        .expect("a deferred and a sent line");
+    assert!(lines[0].contains("status=deferred"), "{}", lines[0]);
+    assert!(lines[1].contains("status=sent"), "{}", lines[1]);
+    assert!(receiver.connections() >= 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.messages().len(), 1, "delivered more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_recipients_are_split_per_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let secure = SmtpServer::start(ServerScript::with_tls(pki.server("mx.trust.nhs.test"))).await;
+    let ordinary = SmtpServer::start(ServerScript {
+        starttls: StartTlsMode::Certificate(pki.self_signed("mx.mailbox.example")),
+        ..ServerScript::default()
+    })
+    .await;
+    let extra = format!(
+        "{}{}{}{}",
+        trust_test_ca(&pki, dir.path()),
+        verified_route_to("trust.nhs.net", secure.port(), "mx.trust.nhs.test"),
+        route_to("mailbox.example", ordinary.port()),
+        route_to("partner.example", ordinary.port()),
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let sample = std::fs::read_to_string("tests/fixtures/samples/06-mixed-recipients.eml").unwrap();
+    let id = send(
+        gateway.smtp,
+        "ada.lovell@clinic.example.org",
+        &[
+            "referrals@trust.nhs.net",
+            "sam.patient@mailbox.example",
+            "bob@partner.example",
+        ],
+        sample,
+    )
+    .await;
+
+    let secure_messages = secure.wait_for_messages(1, Duration::from_secs(20)).await;
+    let ordinary_messages = ordinary.wait_for_messages(2, Duration::from_secs(20)).await;
+    assert_eq!(secure_messages.len(), 1, "log:\n{}", gateway.log());
+    assert_eq!(secure_messages[0].recipients, ["referrals@trust.nhs.net"]);
+    assert_eq!(
+        secure_messages[0]
+            .tls
+            .as_deref()
+            .map(|v| v.starts_with("TLSv1.")),
+        Some(true)
+    );
+    // One delivery per route and domain: the two ordinary domains arrive separately.
+    let mut ordinary_recipients: Vec<_> = ordinary_messages
+        .iter()
+        .flat_map(|m| m.recipients.clone())
+        .collect();
+    ordinary_recipients.sort();
+    assert_eq!(
+        ordinary_recipients,
+        ["bob@partner.example", "sam.patient@mailbox.example"]
+    );
+    assert!(
+        ordinary_messages
+            .iter()
+            .all(|message| message.recipients.len() == 1)
+    );
+
+    let routed = |address: &str, route: &str| {
+        gateway
+            .wait_for_log(
+                &format!("{id}: to=<{address}>, route={route}"),
+                Duration::from_secs(5),
+            )
+            .is_some()
+    };
+    assert!(routed("referrals@trust.nhs.net", "forced-tls"));
+    assert!(routed("sam.patient@mailbox.example", "opportunistic"));
+    assert!(routed("bob@partner.example", "opportunistic"));
+    let ordinary_line = gateway
+        .wait_for_log(
+            &format!("{id}: to=<bob@partner.example>, relay="),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(ordinary_line.contains("/unverified"), "{ordinary_line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_list_show_flush_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the next hop, so the message stays deferred.
+    let config = base_config(dir.path(), &route_to("partner.example", free_tcp_port()));
+    let gateway = Gateway::start(dir.path(), &config);
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["bob@partner.example"],
+        message_with_marker("cli"),
+    )
+    .await;
+    gateway
+        .wait_for_log(
+            &format!("{id}: to=<bob@partner.example>, relay="),
+            Duration::from_secs(10),
+        )
+        .expect("one deferred attempt");
+
+    let list = gateway.queue_command(&["list"]);
+    assert!(list.contains(&id), "{list}");
+    assert!(list.contains("from=<ada@clinic.example.org>"), "{list}");
+    assert!(list.contains("1 message(s)"), "{list}");
+
+    let show = gateway.queue_command(&["show", &id]);
+    assert!(
+        show.contains("to: <bob@partner.example> state=Pending route=opportunistic"),
+        "{show}"
+    );
+    assert!(
+        show.contains("reason: domain partner.example is not in the secure domain list"),
+        "{show}"
+    );
+    assert!(show.contains("last: "), "{show}");
+
+    let flush = gateway.queue_command(&["flush"]);
+    assert!(flush.contains("made due now"), "{flush}");
+
+    let delete = gateway.queue_command(&["delete", &id]);
+    assert!(delete.contains(&format!("deleted {id}")), "{delete}");
+    let list = gateway.queue_command(&["list"]);
+    assert!(list.contains("0 message(s)"), "{list}");
+}
+
+#[test]
+fn init_writes_a_config_that_check_config_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_sealgate");
+    let init = Command::new(binary)
+        .arg("init")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(dir.path().join("keys/tls.crt").exists());
+    assert!(dir.path().join("keys/tls.key").exists());
+
+    let check = Command::new(binary)
+        .arg("check-config")
+        .arg(dir.path().join("sealgate.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains(": ok"));
+}
+
+#[test]
+fn check_config_names_file_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[queue]\nmax_lifetime = \"5x\"\n").unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let error = String::from_utf8_lossy(&check.stderr);
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains("queue.max_lifetime"), "{error}");
+    assert!(error.contains("\"5x\""), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_hop_timeout_is_retried_and_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = SmtpServer::start(ServerScript {
+        fault: Fault::StallAfterData,
+        fault_first_only: true,
+        ..ServerScript::default()
+    })
+    .await;
+    let extra = format!(
+        "[delivery]\ndata_timeout = \"1s\"\n{}",
+        route_to("partner.example", receiver.port())
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["bob@partner.example"],
+        message_with_marker("stalled"),
+    )
+    .await;
+    let messages = receiver.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 1, "log:\n{}", gateway.log());
+    let lines = gateway
+        .wait_for_lines(
+            &format!("{id}: to=<bob@partner.example>, relay="),
+            2,
+            Duration::from_secs(5),
+        )
+        .expect("a deferred and a sent line");
+    assert!(lines[0].contains("status=deferred"), "{}", lines[0]);
+    assert!(lines[1].contains("status=sent"), "{}", lines[1]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.messages().len(), 1, "delivered more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounce_of_null_sender_mail_sends_no_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = SmtpServer::start(ServerScript {
+        rcpt_replies: vec![(
+            "gone@partner.example".into(),
+            "550 5.1.1 no such user".into(),
+        )],
+        ..ServerScript::default()
+    })
+    .await;
+    let config = base_config(dir.path(), &route_to("partner.example", receiver.port()));
+    let gateway = Gateway::start(dir.path(), &config);
+
+    let id = send(
+        gateway.smtp,
+        "",
+        &["gone@partner.example"],
+        message_with_marker("null"),
+    )
+    .await;
+    let bounced = gateway
+        .wait_for_log(
+            &format!("{id}: to=<gone@partner.example>, relay="),
+            Duration::from_secs(10),
+        )
+        .expect("delivery line");
+    assert!(bounced.contains("status=bounced"), "{bounced}");
+    assert!(bounced.contains("dsn=5.1.1"), "{bounced}");
+    assert!(bounced.contains("550 5.1.1 no such user"), "{bounced}");
+    assert!(
+        gateway
+            .wait_for_log(
+                &format!("{id}: sender is <>, no DSN sent"),
+                Duration::from_secs(5)
+            )
+            .is_some()
+    );
+    assert!(
+        !gateway.log().contains("non-delivery notification"),
+        "a DSN was queued"
+    );
+    assert!(
+        gateway
+            .wait_for_log(&format!("{id}: removed"), Duration::from_secs(5))
+            .is_some()
+    );
 }

@@ -243,6 +243,8 @@ pub struct ServerScript {
     pub data_reply: Option<String>,
     /// A fault to inject.
     pub fault: Fault,
+    /// Inject the fault on the first connection only, so a retry succeeds. Default: false.
+    pub fault_first_only: bool,
     /// Bytes sent right after `220` to STARTTLS in the same write, before the handshake.
     pub inject_before_handshake: Option<Vec<u8>>,
 }
@@ -259,6 +261,7 @@ impl Default for ServerScript {
             mail_reply: None,
             data_reply: None,
             fault: Fault::None,
+            fault_first_only: false,
             inject_before_handshake: None,
         }
     }
@@ -640,6 +643,11 @@ impl Session {
         Ok(Some(LoopEnd::StartTls))
     }
 
+    /// True when the script injects `fault` on this connection.
+    fn fault_is(&self, fault: Fault) -> bool {
+        self.script.fault == fault && (!self.script.fault_first_only || self.connection == 0)
+    }
+
     /// Reads message data up to the `.` line and removes dot-stuffing; `None` when the
     /// script drops or stalls the connection.
     async fn read_data<S>(&self, stream: &mut BufReader<S>) -> std::io::Result<Option<Vec<u8>>>
@@ -651,7 +659,7 @@ impl Session {
             let Some(line) = read_line(stream).await? else {
                 return Ok(None);
             };
-            if self.script.fault == Fault::DropMidData {
+            if self.fault_is(Fault::DropMidData) {
                 return Ok(None);
             }
             if line == b".\r\n" {
@@ -662,7 +670,7 @@ impl Session {
                 None => data.extend_from_slice(&line),
             }
         }
-        if self.script.fault == Fault::StallAfterData {
+        if self.fault_is(Fault::StallAfterData) {
             // Keep the connection open without replying until the client gives up.
             while read_line(stream).await?.is_some() {}
             return Ok(None);
@@ -930,38 +938,52 @@ async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
 // ---------------------------------------------------------------------------------------
 // Postfix smtp-sink
 
-/// Postfix's `smtp-sink`, a plain-text SMTP sink, on a free loopback port; killed on drop.
+/// Postfix's `smtp-sink`, a plain-text SMTP sink, on a loopback port; killed on drop.
 pub struct SmtpSink {
     child: Child,
     port: u16,
+    dumps: Option<PathBuf>,
 }
 
 impl SmtpSink {
     /// Path of the binary, as Debian's `postfix` package installs it.
     pub const PATH: &'static str = "/usr/sbin/smtp-sink";
 
-    /// Starts `smtp-sink -u root 127.0.0.1:PORT 10` and waits until it accepts
-    /// connections.
+    /// Starts `smtp-sink` on a free loopback port and waits until it accepts connections.
     ///
     /// # Panics
     ///
     /// When the binary is missing (install Debian's `postfix` package) or does not listen
     /// within 5 seconds.
     pub fn start() -> SmtpSink {
+        SmtpSink::launch(free_tcp_port(), None)
+    }
+
+    /// Starts `smtp-sink` on `port`, dumping each transaction to a file in `dumps`, so a
+    /// test can read what arrived with [`SmtpSink::messages`].
+    pub fn start_dumping(port: u16, dumps: &Path) -> SmtpSink {
+        std::fs::create_dir_all(dumps).expect("create dump folder");
+        SmtpSink::launch(port, Some(dumps.to_owned()))
+    }
+
+    fn launch(port: u16, dumps: Option<PathBuf>) -> SmtpSink {
         assert!(
             Path::new(Self::PATH).exists(),
             "{} not found: install the postfix package (apt-get install postfix), which CI does",
             Self::PATH
         );
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe port");
-            probe.local_addr().expect("probe address").port()
-        };
-        let child = ProcessCommand::new(Self::PATH)
-            .args(["-u", "root", &format!("127.0.0.1:{port}"), "10"])
+        let mut command = ProcessCommand::new(Self::PATH);
+        command.args(["-u", "root"]);
+        if let Some(dumps) = &dumps {
+            command
+                .arg("-d")
+                .arg(format!("{}/%H%M%S.", dumps.display()));
+        }
+        let child = command
+            .args([&format!("127.0.0.1:{port}"), "100"])
             .spawn()
             .expect("start smtp-sink");
-        let mut sink = SmtpSink { child, port };
+        let mut sink = SmtpSink { child, port, dumps };
 
         let deadline = Instant::now() + Duration::from_secs(5);
         while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -981,6 +1003,46 @@ impl SmtpSink {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Every dumped transaction, as text; empty unless started with a dump folder.
+    pub fn messages(&self) -> Vec<String> {
+        let Some(dumps) = &self.dumps else {
+            return Vec::new();
+        };
+        std::fs::read_dir(dumps)
+            .expect("read dump folder")
+            .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .collect()
+    }
+
+    /// Waits until the dumps contain every marker or `timeout` passes, and returns how many
+    /// dumps contain each marker.
+    pub fn wait_for_markers(&self, markers: &[String], timeout: Duration) -> Vec<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            let counts: Vec<usize> = markers
+                .iter()
+                .map(|marker| {
+                    messages
+                        .iter()
+                        .filter(|text| text.contains(marker.as_str()))
+                        .count()
+                })
+                .collect();
+            if counts.iter().all(|count| *count > 0) || Instant::now() >= deadline {
+                return counts;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A loopback TCP port that was free a moment ago: bound, read back and released.
+pub fn free_tcp_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe port");
+    probe.local_addr().expect("probe address").port()
 }
 
 impl Drop for SmtpSink {

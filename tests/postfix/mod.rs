@@ -130,7 +130,11 @@ postlog unix-dgram n - n - 1 postlogd
             root: root.to_owned(),
             smtp,
         };
-        assert!(status.success(), "postfix start failed; maillog:\n{}", postfix.maillog());
+        assert!(
+            status.success(),
+            "postfix start failed; maillog:\n{}",
+            postfix.maillog()
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(smtp).is_err() {
             assert!(
