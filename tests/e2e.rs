@@ -13,17 +13,18 @@ use common::{Fault, ServerScript, SmtpServer, SmtpSink, StartTlsMode, TestPki, f
 use gateway::{Gateway, base_config, config_with_lifetime};
 use mail_send::SmtpClientBuilder;
 
-/// A static route for `domain` to a loopback port.
+/// Builds a static route for `domain` to a loopback port.
 fn route_to(domain: &str, port: u16) -> String {
     format!("[[delivery.routes]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1\"\nport = {port}\n")
 }
 
-/// A static route whose certificate must be valid for `tls_name`.
+/// Builds a static route whose certificate must be valid for `tls_name`.
 fn verified_route_to(domain: &str, port: u16, tls_name: &str) -> String {
     format!("{}tls_name = \"{tls_name}\"\n", route_to(domain, port))
 }
 
-/// Delivery settings that trust only the test CA, copied into the gateway's keys folder.
+/// Copies the test CA into the gateway's keys folder and returns delivery settings that
+/// trust only it.
 fn trust_test_ca(pki: &TestPki, dir: &std::path::Path) -> String {
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::copy(
@@ -291,7 +292,7 @@ async fn postfix_relays_through_gateway_to_verified_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forced_tls_never_sends_in_clear_and_bounces_after_lifetime() {
+async fn forced_tls_waits_then_bounces() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
     // The secure domain's next hop offers no STARTTLS.
@@ -366,23 +367,27 @@ async fn forced_tls_never_sends_in_clear_and_bounces_after_lifetime() {
     assert_eq!(sender_home.messages().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_connection_mid_data_is_retried_and_delivered_once() {
+/// Delivers through a next hop that fails the first connection with `fault`, and checks
+/// that the gateway defers, retries and delivers exactly once.
+async fn assert_retried_and_delivered_once(fault: Fault) {
     let dir = tempfile::tempdir().unwrap();
     let receiver = SmtpServer::start(ServerScript {
-        fault: Fault::DropMidData,
+        fault,
         fault_first_only: true,
         ..ServerScript::default()
     })
     .await;
-    let config = base_config(dir.path(), &route_to("partner.example", receiver.port()));
-    let gateway = Gateway::start(dir.path(), &config);
+    let extra = format!(
+        "[delivery]\ndata_timeout = \"1s\"\n{}",
+        route_to("partner.example", receiver.port())
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
 
     let id = send(
         gateway.smtp,
         "ada@clinic.example.org",
         &["bob@partner.example"],
-        message_with_marker("dropped"),
+        message_with_marker(&format!("{fault:?}")),
     )
     .await;
     let messages = receiver.wait_for_messages(1, Duration::from_secs(20)).await;
@@ -399,6 +404,16 @@ async fn dropped_connection_mid_data_is_retried_and_delivered_once() {
     assert!(receiver.connections() >= 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.messages().len(), 1, "delivered more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_mid_data_is_retried() {
+    assert_retried_and_delivered_once(Fault::DropMidData).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_hop_timeout_is_retried() {
+    assert_retried_and_delivered_once(Fault::StallAfterData).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,43 +585,6 @@ fn check_config_names_file_key_and_value() {
     assert!(error.contains(&path.display().to_string()), "{error}");
     assert!(error.contains("queue.max_lifetime"), "{error}");
     assert!(error.contains("\"5x\""), "{error}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn next_hop_timeout_is_retried_and_delivered_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = SmtpServer::start(ServerScript {
-        fault: Fault::StallAfterData,
-        fault_first_only: true,
-        ..ServerScript::default()
-    })
-    .await;
-    let extra = format!(
-        "[delivery]\ndata_timeout = \"1s\"\n{}",
-        route_to("partner.example", receiver.port())
-    );
-    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
-
-    let id = send(
-        gateway.smtp,
-        "ada@clinic.example.org",
-        &["bob@partner.example"],
-        message_with_marker("stalled"),
-    )
-    .await;
-    let messages = receiver.wait_for_messages(1, Duration::from_secs(20)).await;
-    assert_eq!(messages.len(), 1, "log:\n{}", gateway.log());
-    let lines = gateway
-        .wait_for_lines(
-            &format!("{id}: to=<bob@partner.example>, relay="),
-            2,
-            Duration::from_secs(5),
-        )
-        .expect("a deferred and a sent line");
-    assert!(lines[0].contains("status=deferred"), "{}", lines[0]);
-    assert!(lines[1].contains("status=sent"), "{}", lines[1]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(receiver.messages().len(), 1, "delivered more than once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

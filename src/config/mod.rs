@@ -25,7 +25,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// The SMTP listener that staff mail servers relay through.
     pub inbound: InboundConfig,
-    /// Which domains are secure.
+    /// Secure domains.
     pub policy: PolicyConfig,
     /// Outbound SMTP: DNS, TLS trust and static routes.
     pub delivery: DeliveryConfig,
@@ -67,12 +67,12 @@ pub struct InboundConfig {
     /// Largest message accepted, checked against `SIZE=` and while receiving.
     /// Default: `35MB`.
     pub max_message_size: ByteSize,
-    /// Most recipients in one transaction. Default: 100.
+    /// Maximum recipients in one transaction. Default: 100.
     pub max_recipients: usize,
-    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 sets 512 as the
+    /// Maximum command line length, CRLF included (RFC 5321 §4.5.3.1.4 sets 512 as the
     /// minimum). Default: 2048.
     pub max_command_line: usize,
-    /// Longest line of message text, CRLF included (RFC 5322 §2.1.1 sets 1000).
+    /// Maximum length of a line of message text, CRLF included (RFC 5322 §2.1.1 sets 1000).
     /// Default: 1000.
     pub max_text_line: usize,
     /// Time allowed for each command. Default: `5m`.
@@ -266,7 +266,7 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// What is wrong, naming the key and value.
+        /// The problem, naming the key and value.
         message: String,
     },
     /// A key parsed but its value is not acceptable.
@@ -278,7 +278,7 @@ pub enum ConfigError {
         key: String,
         /// The value as written.
         value: String,
-        /// Why it was rejected.
+        /// The reason it was rejected.
         reason: String,
     },
 }
@@ -330,7 +330,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The embedded development default: loopback listeners, `./data` and `./keys`.
+    /// Returns the embedded development default: loopback listeners, `./data` and `./keys`.
     pub fn development() -> Config {
         Config::default()
     }

@@ -26,7 +26,7 @@ pub struct FailedRecipient {
     pub expired: bool,
 }
 
-/// What a DSN reports on.
+/// The facts a DSN reports.
 pub struct Report<'a> {
     /// Queue id of the original message.
     pub queue_id: &'a QueueId,
@@ -131,7 +131,7 @@ fn delivery_status(report: &Report<'_>) -> String {
     status
 }
 
-/// The original's header section, up to the first empty line.
+/// Returns the original's header section, up to the first empty line.
 fn header_section(original: &[u8]) -> String {
     let end = original
         .windows(4)
@@ -166,28 +166,32 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn dsn_is_a_delivery_status_report() {
+    fn build_text(recipient: FailedRecipient, original: &[u8]) -> String {
         let id = QueueId::parse("0123456789ABCDEF").unwrap();
-        let recipients = [FailedRecipient {
-            address: "gone@example.org".into(),
-            status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 <gone@example.org>: user unknown".into(),
-            remote_mta: Some("mx.example.org[192.0.2.7]:25".into()),
-            tls: "TLSv1.3/verified".into(),
-            expired: false,
-        }];
-        let original = b"Subject: hello\r\nFrom: a@example.net\r\n\r\nsecret body text\r\n";
         let dsn = build(&Report {
             queue_id: &id,
             reporting_mta: "gw.example.net",
             postmaster: "MAILER-DAEMON@gw.example.net",
             sender: "a@example.net",
             arrival: 1_700_000_000_000,
-            recipients: &recipients,
+            recipients: &[recipient],
             original,
         });
-        let text = String::from_utf8(dsn).unwrap();
+        String::from_utf8(dsn).unwrap()
+    }
+
+    #[test]
+    fn dsn_is_a_delivery_status_report() {
+        let recipient = FailedRecipient {
+            address: "gone@example.org".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 <gone@example.org>: user unknown".into(),
+            remote_mta: Some("mx.example.org[192.0.2.7]:25".into()),
+            tls: "TLSv1.3/verified".into(),
+            expired: false,
+        };
+        let original = b"Subject: hello\r\nFrom: a@example.net\r\n\r\nsecret body text\r\n";
+        let text = build_text(recipient, original);
         let parsed = mail_parser::MessageParser::default()
             .parse(text.as_bytes())
             .unwrap();
@@ -212,25 +216,15 @@ mod tests {
 
     #[test]
     fn expired_recipient_reports_4_4_7() {
-        let id = QueueId::parse("0123456789ABCDEF").unwrap();
-        let recipients = [FailedRecipient {
+        let recipient = FailedRecipient {
             address: "slow@example.org".into(),
             status: "4.7.5".into(),
             diagnostic: "STARTTLS not offered".into(),
             remote_mta: None,
             tls: "plain".into(),
             expired: true,
-        }];
-        let dsn = build(&Report {
-            queue_id: &id,
-            reporting_mta: "gw.example.net",
-            postmaster: "MAILER-DAEMON@gw.example.net",
-            sender: "a@example.net",
-            arrival: 1_700_000_000_000,
-            recipients: &recipients,
-            original: b"Subject: x\r\n\r\nbody\r\n",
-        });
-        let text = String::from_utf8(dsn).unwrap();
+        };
+        let text = build_text(recipient, b"Subject: x\r\n\r\nbody\r\n");
         assert!(text.contains("Status: 4.4.7"));
         assert!(text.contains("delivery time expired"));
     }
