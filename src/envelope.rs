@@ -65,7 +65,7 @@ pub struct AcceptedMessage {
 
 /// Formats an envelope address for logs and replies, `<>` for the null sender.
 pub fn display_address(address: &str) -> String {
-    format!("<{}>", crate::telemetry::escape(address))
+    format!("<{}>", crate::telemetry::escape_field(address))
 }
 
 /// The domain of an address, lowercased; empty for an address without `@`.

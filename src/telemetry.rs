@@ -40,6 +40,23 @@ pub fn escape(text: &str) -> String {
     escaped
 }
 
+/// Escapes a peer-supplied value that sits inside a log field (an address, a HELO name, a
+/// user name): besides what [`escape`] handles, every character that delimits fields in
+/// the mail log (space, `,`, `=`, `<`, `>`, `(`, `)`, `"`) becomes `\xNN`, so the value
+/// cannot end its field and start a forged one.
+pub fn escape_field(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            ' ' | ',' | '=' | '<' | '>' | '(' | ')' | '"' | ';' => {
+                let _ = write!(escaped, "\\x{:02x}", ch as u32);
+            }
+            ch => escaped.push_str(&escape(ch.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    escaped
+}
+
 /// Escapes raw bytes from the network, which may not be UTF-8.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     escape(&String::from_utf8_lossy(bytes))
@@ -56,6 +73,18 @@ mod tests {
         assert!(!escaped.contains('\n'));
         assert!(!escaped.contains('\r'));
         assert_eq!(escaped, "ok\\r\\nABCDEF0123456789: to=<x>, status=sent");
+    }
+
+    #[test]
+    fn escape_field_cannot_start_a_new_field() {
+        let forged = "x>, relay=mx.nhs.net[1.2.3.4]:25, tls=TLSv1.3/verified, status=sent (250 ok)";
+        let escaped = escape_field(forged);
+        for delimiter in [' ', ',', '=', '>', '(', ')'] {
+            assert!(!escaped.contains(delimiter), "{delimiter:?} in {escaped}");
+        }
+        assert!(escaped.starts_with("x\\x3e\\x2c\\x20relay\\x3dmx.nhs.net[1.2.3.4]:25"));
+        assert_eq!(escape_field("b\u{e9}a@partner.example"), "b\u{e9}a@partner.example");
+        assert_eq!(escape_field("a\r\nb"), "a\\r\\nb");
     }
 
     #[test]

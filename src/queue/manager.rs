@@ -19,7 +19,7 @@ use crate::delivery::{
 };
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
 use crate::policy::{Route, Router};
-use crate::telemetry::{MAIL_LOG, escape};
+use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
 /// Recipients claimed per scan at most.
 const CLAIM_BATCH: usize = 200;
@@ -150,7 +150,7 @@ impl QueueManager {
                         "{id}: to={}, route={}, reason=\"{}\"",
                         display_address(&recipient.address),
                         group.route,
-                        escape(&recipient.reason)
+                        escape(&recipient.reason).replace('"', "\\x22")
                     );
                     routes.push((recipient.address, group.route, recipient.reason));
                 }
@@ -255,7 +255,7 @@ impl QueueManager {
                 target: MAIL_LOG,
                 "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, route={route}, dsn={status_code}, status={word} ({})",
                 display_address(&result.recipient),
-                escape(&relay),
+                escape_field(&relay),
                 seconds(now - summary.received_at),
                 escape(&detail)
             );
