@@ -635,3 +635,51 @@ async fn bounce_of_null_sender_mail_sends_no_dsn() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_on_two_domains_share_one_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let rejecting = |address: &str| ServerScript {
+        rcpt_replies: vec![(address.into(), "550 5.1.1 no such user".into())],
+        ..ServerScript::default()
+    };
+    let first = SmtpServer::start(rejecting("gone@first.example")).await;
+    let second = SmtpServer::start(rejecting("gone@second.example")).await;
+    let sender_home = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "{}{}{}",
+        route_to("first.example", first.port()),
+        route_to("second.example", second.port()),
+        route_to("clinic.example.org", sender_home.port())
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["gone@first.example", "gone@second.example"],
+        message_with_marker("two-domains"),
+    )
+    .await;
+    let dsn = sender_home
+        .wait_for_messages(1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dsn.len(), 1, "log:\n{}", gateway.log());
+    let report = String::from_utf8_lossy(&dsn[0].data);
+    assert!(
+        report.contains("Final-Recipient: rfc822; gone@first.example"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Final-Recipient: rfc822; gone@second.example"),
+        "{report}"
+    );
+    assert!(report.contains("Status: 5.1.1"), "{report}");
+    assert!(
+        gateway
+            .wait_for_log(&format!("{id}: removed"), Duration::from_secs(5))
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sender_home.messages().len(), 1, "more than one DSN");
+}

@@ -66,6 +66,12 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         .from(("Mail Delivery System", report.postmaster))
         .to(report.sender)
         .subject("Undelivered Mail Returned to Sender")
+        .message_id(format!(
+            "dsn.{}.{}@{}",
+            report.queue_id,
+            super::store::now_millis(),
+            report.reporting_mta
+        ))
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
@@ -212,6 +218,11 @@ mod tests {
             "the DSN carries headers only"
         );
         assert!(text.contains("Auto-Submitted: auto-replied"));
+        assert!(
+            text.contains("Message-ID: <dsn.0123456789ABCDEF."),
+            "{text}"
+        );
+        assert!(text.contains("@gw.example.net>"), "{text}");
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl QueueManager {
         let scan_interval = self.config.queue.scan_interval.0;
         loop {
             self.route_incoming().await;
+            self.report_leftover_bounces().await;
             self.dispatch_due(&done_sender, &workers).await;
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -224,19 +225,20 @@ impl QueueManager {
         let tls = report.tls.to_string();
 
         let mut updates = Vec::new();
-        let mut failed = Vec::new();
         for result in &report.results {
-            let status_code = result.status.dsn_code();
+            let mut status_code = result.status.dsn_code();
+            let mut expired = false;
             let (state, next_attempt, word, detail) = match &result.status {
                 DeliveryStatus::Sent(reply) => {
                     (RecipientState::Sent, now, "sent", reply.to_string())
                 }
                 DeliveryStatus::Bounced(failure) => {
-                    failed.push(failed_recipient(&result.recipient, failure, &tls, false));
                     (RecipientState::Bounced, now, "bounced", failure.to_string())
                 }
                 DeliveryStatus::Deferred(failure) if now >= expires_at => {
-                    failed.push(failed_recipient(&result.recipient, failure, &tls, true));
+                    // RFC 3463 §3.5: 4.4.7 is "delivery time expired".
+                    expired = true;
+                    status_code = "4.4.7".into();
                     (RecipientState::Bounced, now, "expired", failure.to_string())
                 }
                 DeliveryStatus::Deferred(failure) => {
@@ -265,14 +267,27 @@ impl QueueManager {
                 tls: tls.clone(),
                 detail,
             };
-            updates.push((result.recipient.clone(), state, next_attempt, record));
+            updates.push((
+                result.recipient.clone(),
+                state,
+                next_attempt,
+                record,
+                expired,
+            ));
         }
 
         let target = id.clone();
         if let Err(error) = self
             .with_store(move |store| {
-                for (address, state, next_attempt, record) in &updates {
-                    store.record_attempt(&target, address, *state, *next_attempt, record)?;
+                for (address, state, next_attempt, record, expired) in &updates {
+                    store.record_attempt(
+                        &target,
+                        address,
+                        *state,
+                        *next_attempt,
+                        record,
+                        *expired,
+                    )?;
                 }
                 Ok(())
             })
@@ -281,10 +296,64 @@ impl QueueManager {
             tracing::error!(queue_id = %id, %error, "failed to record delivery results");
             return;
         }
+        self.report_bounces(&id).await;
+    }
 
-        if !failed.is_empty() {
-            self.send_dsn(&id, &summary, &failed).await;
+    /// Sends one DSN for every bounced recipient of the message not yet reported, once no
+    /// other attempt for the message is in flight, so recipients that fail in the same run
+    /// share one DSN. The bounces are committed before the DSN is queued, and cleared only
+    /// after it is: a crash in between repeats the DSN rather than losing it.
+    async fn report_bounces(&self, id: &QueueId) {
+        let now = now_millis();
+        let target = id.clone();
+        let pending = self
+            .with_store(move |store| {
+                if store.in_flight(&target, now)? {
+                    return Ok(None);
+                }
+                let bounced: Vec<_> = store
+                    .recipients(&target)?
+                    .into_iter()
+                    .filter(|row| row.dsn_pending)
+                    .collect();
+                Ok(Some((store.message(&target)?, bounced)))
+            })
+            .await;
+        let (summary, bounced) = match pending {
+            Ok(Some((Some(summary), bounced))) => (summary, bounced),
+            Ok(_) => return,
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to read bounced recipients");
+                return;
+            }
+        };
+
+        if !bounced.is_empty() {
+            let failed: Vec<FailedRecipient> = bounced
+                .iter()
+                .map(|row| FailedRecipient {
+                    address: row.address.clone(),
+                    status: row.last_status.clone().unwrap_or_else(|| "5.0.0".into()),
+                    diagnostic: row.last_detail.clone().unwrap_or_default(),
+                    remote_mta: row.last_relay.clone(),
+                    tls: row.last_tls.clone().unwrap_or_else(|| "none".into()),
+                    expired: row.expired,
+                })
+                .collect();
+            if !self.send_dsn(id, &summary, &failed).await {
+                return;
+            }
+            let target = id.clone();
+            let addresses: Vec<String> = bounced.into_iter().map(|row| row.address).collect();
+            if let Err(error) = self
+                .with_store(move |store| store.clear_dsn_pending(&target, &addresses))
+                .await
+            {
+                tracing::error!(queue_id = %id, %error, "failed to mark bounces as reported");
+                return;
+            }
         }
+
         let target = id.clone();
         match self
             .with_store(move |store| store.delete_if_done(&target))
@@ -293,6 +362,21 @@ impl QueueManager {
             Ok(true) => tracing::info!(target: MAIL_LOG, "{id}: removed"),
             Ok(false) => {}
             Err(error) => tracing::error!(queue_id = %id, %error, "failed to remove message"),
+        }
+    }
+
+    /// Reports bounces left unreported by an earlier process or a failed DSN commit.
+    async fn report_leftover_bounces(&self) {
+        match self
+            .with_store(|store| store.messages_with_pending_dsn())
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    self.report_bounces(&id).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "failed to read unreported bounces"),
         }
     }
 
@@ -319,10 +403,16 @@ impl QueueManager {
         schedule[index].0
     }
 
-    async fn send_dsn(&self, id: &QueueId, summary: &MessageSummary, failed: &[FailedRecipient]) {
+    /// Queues a DSN to the message's sender; returns whether the bounces count as reported.
+    async fn send_dsn(
+        &self,
+        id: &QueueId,
+        summary: &MessageSummary,
+        failed: &[FailedRecipient],
+    ) -> bool {
         if summary.sender.is_empty() {
             tracing::info!(target: MAIL_LOG, "{id}: sender is <>, no DSN sent");
-            return;
+            return true;
         }
         let lookup = id.clone();
         let original = self
@@ -355,11 +445,17 @@ impl QueueManager {
             },
         };
         match self.spool.submit_dsn(message).await {
-            Ok(dsn_id) => tracing::info!(
-                target: MAIL_LOG,
-                "{id}: sender non-delivery notification: {dsn_id}"
-            ),
-            Err(error) => tracing::error!(queue_id = %id, %error, "failed to queue DSN"),
+            Ok(dsn_id) => {
+                tracing::info!(
+                    target: MAIL_LOG,
+                    "{id}: sender non-delivery notification: {dsn_id}"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to queue DSN; retried on the next scan");
+                false
+            }
         }
     }
 }
@@ -445,20 +541,6 @@ impl DeliveryWorker {
             report,
         };
         let _ = self.done.send(done).await;
-    }
-}
-
-fn failed_recipient(address: &str, failure: &Failure, tls: &str, expired: bool) -> FailedRecipient {
-    FailedRecipient {
-        address: address.to_owned(),
-        status: failure.status.clone(),
-        diagnostic: match &failure.reply {
-            Some(reply) => reply.to_string(),
-            None => failure.detail.clone(),
-        },
-        remote_mta: failure.host.clone(),
-        tls: tls.to_owned(),
-        expired,
     }
 }
 

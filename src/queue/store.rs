@@ -42,9 +42,12 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_relay    TEXT,
     last_tls      TEXT,
     last_detail   TEXT,
+    dsn_pending   INTEGER NOT NULL DEFAULT 0,
+    expired       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, address)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
+CREATE INDEX IF NOT EXISTS recipients_dsn ON recipients (dsn_pending);
 ";
 
 /// Delivery state of one recipient.
@@ -83,6 +86,10 @@ pub struct RecipientRow {
     pub last_tls: Option<String>,
     /// Reply or failure text of the last attempt.
     pub last_detail: Option<String>,
+    /// Bounced, and not yet reported in a DSN.
+    pub dsn_pending: bool,
+    /// Bounced because the queue lifetime ran out.
+    pub expired: bool,
 }
 
 /// A message row without its body.
@@ -310,7 +317,7 @@ impl Store {
     pub fn recipients(&self, id: &QueueId) -> Result<Vec<RecipientRow>, QueueError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT address, route, reason, state, attempts, next_attempt, last_status,
-                    last_relay, last_tls, last_detail
+                    last_relay, last_tls, last_detail, dsn_pending, expired
              FROM recipients WHERE message_id = ?1 ORDER BY position",
         )?;
         let rows = statement.query_map([id.as_str()], |row| {
@@ -325,13 +332,16 @@ impl Store {
                 last_relay: row.get(7)?,
                 last_tls: row.get(8)?,
                 last_detail: row.get(9)?,
+                dsn_pending: row.get(10)?,
+                expired: row.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records an attempt's result for one recipient: its new state, the next attempt time
-    /// (for `Pending`) and the facts of the attempt. Releases the claim.
+    /// (for `Pending`) and the facts of the attempt. Releases the claim. A `Bounced`
+    /// recipient is marked for the next DSN, and `expired` says why it bounced.
     pub fn record_attempt(
         &mut self,
         id: &QueueId,
@@ -339,11 +349,12 @@ impl Store {
         state: RecipientState,
         next_attempt: i64,
         record: &AttemptRecord,
+        expired: bool,
     ) -> Result<(), QueueError> {
         self.connection.execute(
             "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4,
                  claimed_until = 0, last_status = ?5, last_relay = ?6, last_tls = ?7,
-                 last_detail = ?8
+                 last_detail = ?8, dsn_pending = ?9, expired = ?10
              WHERE message_id = ?1 AND address = ?2",
             params![
                 id.as_str(),
@@ -353,17 +364,58 @@ impl Store {
                 record.status,
                 record.relay,
                 record.tls,
-                record.detail
+                record.detail,
+                state == RecipientState::Bounced,
+                expired,
             ],
         )?;
         Ok(())
     }
 
-    /// Deletes a message whose recipients are all sent or bounced; returns whether it did.
+    /// True while any recipient of the message is claimed by a delivery attempt.
+    pub fn in_flight(&self, id: &QueueId, now: i64) -> Result<bool, QueueError> {
+        let claimed: i64 = self.connection.query_row(
+            "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND claimed_until > ?2",
+            params![id.as_str(), now],
+            |row| row.get(0),
+        )?;
+        Ok(claimed > 0)
+    }
+
+    /// Ids of messages with bounced recipients not yet reported in a DSN.
+    pub fn messages_with_pending_dsn(&self) -> Result<Vec<QueueId>, QueueError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT DISTINCT message_id FROM recipients WHERE dsn_pending = 1")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        collect_ids(rows)
+    }
+
+    /// Marks recipients as reported in a DSN.
+    pub fn clear_dsn_pending(
+        &mut self,
+        id: &QueueId,
+        addresses: &[String],
+    ) -> Result<(), QueueError> {
+        let transaction = self.connection.transaction()?;
+        {
+            let mut update = transaction.prepare_cached(
+                "UPDATE recipients SET dsn_pending = 0 WHERE message_id = ?1 AND address = ?2",
+            )?;
+            for address in addresses {
+                update.execute(params![id.as_str(), address])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a message whose recipients are all sent or bounced and reported; returns
+    /// whether it did.
     pub fn delete_if_done(&mut self, id: &QueueId) -> Result<bool, QueueError> {
         let open: i64 = self.connection.query_row(
             "SELECT COUNT(*) FROM recipients
-             WHERE message_id = ?1 AND state IN ('incoming', 'pending')",
+             WHERE message_id = ?1 AND (state IN ('incoming', 'pending') OR dsn_pending = 1)",
             [id.as_str()],
             |row| row.get(0),
         )?;
