@@ -49,7 +49,7 @@ enum Command {
     /// Inspect and change the delivery queue.
     Queue {
         /// Config file (for the data folder); the development default without it.
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
@@ -88,6 +88,14 @@ enum QueueAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // Let `sealgate queue list | head` end quietly when the reader goes away, as other
+        // command-line tools do, rather than panic on a failed write.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
@@ -154,7 +162,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         Arc::new(courier),
     )
     .map_err(|error| error.to_string())?;
-    tokio::spawn(manager.run());
+    let mut manager = tokio::spawn(manager.run());
 
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
@@ -168,9 +176,22 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         tokio::spawn(inbound::serve(listener, Arc::clone(&context)));
     }
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    Ok(())
+    // A gateway whose queue manager has stopped would accept mail it never delivers, so
+    // its end ends the process.
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        outcome = &mut manager => {
+            let reason = match outcome {
+                Ok(()) => "it returned".to_string(),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(%reason, "queue manager stopped; shutting down");
+            Err(format!("queue manager stopped: {reason}"))
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -196,6 +217,27 @@ async fn shutdown_signal() {
 
 fn check_config(file: &Path) -> Result<(), String> {
     let config = Config::load(file).map_err(|error| error.to_string())?;
+    keys::load_server_tls(
+        &config.key_path(&config.inbound.tls_certificate),
+        &config.key_path(&config.inbound.tls_key),
+    )
+    .map_err(|error| format!("{}: inbound TLS: {error}", file.display()))?;
+    SmtpCourier::new(&config).map_err(|error| format!("{}: delivery: {error}", file.display()))?;
+    if config.policy.secure_domains.is_empty() {
+        eprintln!(
+            "warning: {}: policy.secure_domains is empty, so no mail requires verified TLS",
+            file.display()
+        );
+    }
+    for network in &config.inbound.relay_networks {
+        if network.prefix_len() == 0 {
+            eprintln!(
+                "warning: {}: inbound.relay_networks contains {network}, so every client may \
+                 relay without AUTH",
+                file.display()
+            );
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} secure domain pattern(s), {} static route(s))",
         file.display(),
@@ -218,7 +260,7 @@ fn init(dir: &Path) -> Result<(), String> {
         println!("wrote {}", config_path.display());
     }
     let config = Config::load(&config_path).map_err(|error| error.to_string())?;
-    let keys_dir = dir.join(&config.server.keys_dir);
+    let keys_dir = config.server.keys_dir.clone();
     let created = keys::create_development_keys(&keys_dir, &config.server.hostname)
         .map_err(|error| error.to_string())?;
     if created {
@@ -230,8 +272,12 @@ fn init(dir: &Path) -> Result<(), String> {
         println!("kept existing keys in {}", keys_dir.display());
     }
     println!(
-        "start with: cd {} && sealgate serve --config sealgate.toml",
-        dir.display()
+        "check it with: sealgate check-config {}",
+        config_path.display()
+    );
+    println!(
+        "start with: sealgate serve --config {}",
+        config_path.display()
     );
     Ok(())
 }
@@ -339,16 +385,13 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
 fn route(config_path: Option<&Path>, recipients: &[String]) -> Result<(), String> {
     let config = load_config(config_path)?;
     let router = Router::new(&config.policy);
-    let plan = router.plan(recipients);
-    for group in plan.groups {
-        for recipient in group.recipients {
-            println!(
-                "{}: {} ({})",
-                display_address(&recipient.address),
-                group.route,
-                recipient.reason
-            );
-        }
+    for address in recipients {
+        let (route, recipient) = router.route_recipient(address);
+        println!(
+            "{}: {route} ({})",
+            display_address(&recipient.address),
+            recipient.reason
+        );
     }
     Ok(())
 }

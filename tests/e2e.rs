@@ -683,3 +683,61 @@ async fn bounces_on_two_domains_share_one_dsn() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(sender_home.messages().len(), 1, "more than one DSN");
 }
+
+#[test]
+fn check_config_loads_the_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sealgate.toml");
+    std::fs::write(&path, "[inbound]\ntls_certificate = \"missing.crt\"\n").unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let error = String::from_utf8_lossy(&check.stderr);
+    assert!(error.contains("missing.crt"), "{error}");
+}
+
+#[test]
+fn route_prints_recipients_in_given_order() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .args([
+            "route",
+            "friend@mailbox.example",
+            "gp@nhs.net",
+            "ward@trust.nhs.net",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("<friend@mailbox.example>: opportunistic"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("<gp@nhs.net>: forced-tls"), "{text}");
+    assert!(
+        lines[2].starts_with(
+            "<ward@trust.nhs.net>: forced-tls (domain trust.nhs.net is secure (rule *.nhs.net))"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn closed_output_pipe_ends_quietly() {
+    let addresses: Vec<String> = (0..5000)
+        .map(|n| format!("user{n}@mailbox.example"))
+        .collect();
+    let script = format!(
+        "{} route {} | head -c 10 >/dev/null",
+        env!("CARGO_BIN_EXE_sealgate"),
+        addresses.join(" ")
+    );
+    let output = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -40,10 +40,10 @@ pub struct ServerConfig {
     /// Host name used in the SMTP greeting, EHLO to next hops, `Received:` and DSNs.
     /// Default: `localhost`.
     pub hostname: String,
-    /// Folder holding the queue database. Relative paths are taken from the working
-    /// directory. Default: `./data`.
+    /// Folder holding the queue database. A relative path is taken from the config file's
+    /// folder (from the working directory for the embedded default). Default: `./data`.
     pub data_dir: PathBuf,
-    /// Folder holding TLS certificates and keys. Default: `./keys`.
+    /// Folder holding TLS certificates and keys, relative like `data_dir`. Default: `./keys`.
     pub keys_dir: PathBuf,
     /// Address that DSNs are sent from, as `MAILER-DAEMON@hostname` when empty.
     /// The envelope sender of a DSN is always the null sender.
@@ -54,9 +54,12 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundConfig {
-    /// Addresses to listen on. Default: `["127.0.0.1:2525"]`.
+    /// Addresses to listen on, as `ip:port` (`[v6]:port`). Default: `["127.0.0.1:2525"]`.
+    #[serde(deserialize_with = "units::socket_addresses")]
     pub listen: Vec<SocketAddr>,
-    /// Client networks allowed to relay without AUTH. Default: loopback only.
+    /// Client networks allowed to relay without AUTH, as `ip/prefix` or a single `ip`.
+    /// Default: loopback only.
+    #[serde(deserialize_with = "units::networks")]
     pub relay_networks: Vec<IpNet>,
     /// Reject MAIL with `530 5.7.0` until the client has done STARTTLS. Default: false.
     pub require_tls: bool,
@@ -296,7 +299,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        if let Some(folder) = path.parent() {
+            config.server.data_dir = folder.join(&config.server.data_dir);
+            config.server.keys_dir = folder.join(&config.server.keys_dir);
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is used only in errors.

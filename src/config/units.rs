@@ -75,9 +75,9 @@ impl FromStr for ByteSize {
         let (number, unit) = split_number(text)?;
         let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
             "b" => 1,
-            "kb" | "k" => 1_000,
-            "mb" | "m" => 1_000_000,
-            "gb" | "g" => 1_000_000_000,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
             "kib" => 1 << 10,
             "mib" => 1 << 20,
             "gib" => 1 << 30,
@@ -142,6 +142,42 @@ macro_rules! string_serde {
 
 string_serde!(ConfigDuration);
 string_serde!(ByteSize);
+
+/// Reads a list of `ip:port` strings, naming the value that does not parse.
+pub(super) fn socket_addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid listen address {text:?}: expected ip:port, such as 127.0.0.1:2525 or [::1]:2525"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Reads a list of networks, `ip/prefix` or a single `ip` (a /32 or /128), naming the value
+/// that does not parse.
+pub(super) fn networks<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid network {text:?}: expected ip/prefix, such as 10.0.0.0/8, or an ip"
+                    ))
+                })
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,12 @@ impl Config {
                 "not a valid host name",
             );
         }
-        if !self.server.postmaster.is_empty() && !self.server.postmaster.contains('@') {
+        let postmaster_domain = self
+            .server
+            .postmaster
+            .rsplit_once('@')
+            .map(|(_, domain)| domain);
+        if !self.server.postmaster.is_empty() && !postmaster_domain.is_some_and(is_domain_name) {
             return invalid(
                 "server.postmaster".into(),
                 quote(&self.server.postmaster),
@@ -40,18 +45,40 @@ impl Config {
                 "at least one address is needed",
             );
         }
-        for (key, value, min) in [
-            ("inbound.max_recipients", inbound.max_recipients, 1),
-            ("inbound.max_command_line", inbound.max_command_line, 512),
-            ("inbound.max_text_line", inbound.max_text_line, 1000),
-            ("inbound.max_sessions", inbound.max_sessions, 1),
-            ("delivery.concurrency", self.delivery.concurrency, 1),
+        // The upper bounds keep semaphores and buffers within what the process can hold;
+        // they are far above any sensible setting.
+        for (key, value, min, max) in [
+            ("inbound.max_recipients", inbound.max_recipients, 1, 100_000),
+            (
+                "inbound.max_command_line",
+                inbound.max_command_line,
+                512,
+                1 << 20,
+            ),
+            (
+                "inbound.max_text_line",
+                inbound.max_text_line,
+                1000,
+                1 << 20,
+            ),
+            ("inbound.max_sessions", inbound.max_sessions, 1, 100_000),
+            ("delivery.concurrency", self.delivery.concurrency, 1, 10_000),
         ] {
-            if value < min {
+            if value < min || value > max {
                 return invalid(
                     key.into(),
                     value.to_string(),
-                    &format!("must be at least {min}"),
+                    &format!("must be between {min} and {max}"),
+                );
+            }
+        }
+        let mut listen_seen = std::collections::HashSet::new();
+        for (index, address) in inbound.listen.iter().enumerate() {
+            if !listen_seen.insert(address) {
+                return invalid(
+                    format!("inbound.listen[{index}]"),
+                    quote(&address.to_string()),
+                    "listed twice",
                 );
             }
         }
@@ -70,7 +97,19 @@ impl Config {
                     "must be non-empty printable text",
                 );
             }
-            if argon2::PasswordHash::new(&user.password_hash).is_err() {
+            if inbound.users[..index]
+                .iter()
+                .any(|earlier| earlier.name == user.name)
+            {
+                return invalid(
+                    format!("inbound.users[{index}].name"),
+                    quote(&user.name),
+                    "listed twice",
+                );
+            }
+            let is_argon2 = argon2::PasswordHash::new(&user.password_hash)
+                .is_ok_and(|hash| hash.algorithm.as_str().starts_with("argon2"));
+            if !is_argon2 {
                 // The hash itself is not echoed: it is a secret.
                 return invalid(
                     format!("inbound.users[{index}].password_hash"),
@@ -85,7 +124,7 @@ impl Config {
                 return invalid(
                     format!("policy.secure_domains[{index}]"),
                     quote(domain),
-                    "expected a domain name or *.suffix",
+                    "expected a domain name, *.suffix or *",
                 );
             }
         }
@@ -114,7 +153,7 @@ impl Config {
                 return invalid(
                     format!("delivery.routes[{index}].domain"),
                     quote(&route.domain),
-                    "expected a domain name or *.suffix",
+                    "expected a domain name, *.suffix or *",
                 );
             }
             if route.host.parse::<IpAddr>().is_err() && !is_domain_name(&route.host) {
@@ -206,9 +245,9 @@ pub fn is_domain_name(name: &str) -> bool {
         })
 }
 
-/// True for `example.org` or `*.example.org`.
+/// True for `example.org`, `*.example.org` or `*` (every domain).
 pub fn is_domain_pattern(pattern: &str) -> bool {
-    is_domain_name(pattern.strip_prefix("*.").unwrap_or(pattern))
+    pattern == "*" || is_domain_name(pattern.strip_prefix("*.").unwrap_or(pattern))
 }
 
 #[cfg(test)]
@@ -270,7 +309,7 @@ mod tests {
         assert_eq!(
             error,
             "/etc/sealgate.toml: policy.secure_domains[1] = \"bad domain\": \
-             expected a domain name or *.suffix"
+             expected a domain name, *.suffix or *"
         );
     }
 
@@ -289,6 +328,92 @@ mod tests {
             .to_string();
         assert!(error.contains("inbound.users[0].password_hash"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn relay_network_error_names_value() {
+        let error = parse("[inbound]\nrelay_networks = [\"10.0.0.300/8\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"10.0.0.300/8\""), "{error}");
+    }
+
+    #[test]
+    fn relay_network_accepts_single_address() {
+        let config = parse("[inbound]\nrelay_networks = [\"10.0.0.1\", \"::1\"]\n").unwrap();
+        assert_eq!(config.inbound.relay_networks[0].to_string(), "10.0.0.1/32");
+        assert_eq!(config.inbound.relay_networks[1].to_string(), "::1/128");
+    }
+
+    #[test]
+    fn listen_error_names_value() {
+        let error = parse("[inbound]\nlisten = [\"localhost:25\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inbound.listen"), "{error}");
+        assert!(error.contains("\"localhost:25\""), "{error}");
+    }
+
+    #[test]
+    fn duplicate_listen_address_is_rejected() {
+        let error = parse("[inbound]\nlisten = [\"127.0.0.1:25\", \"127.0.0.1:25\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inbound.listen[1]"), "{error}");
+    }
+
+    #[test]
+    fn huge_limits_are_rejected() {
+        for text in [
+            "[delivery]\nconcurrency = 2305843009213693952\n",
+            "[inbound]\nmax_sessions = 2305843009213693952\n",
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains("must be between"), "{error}");
+        }
+    }
+
+    #[test]
+    fn non_argon2_hash_and_duplicate_user_are_rejected() {
+        let pbkdf2 = "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+        let error = parse(&format!(
+            "[[inbound.users]]\nname = \"mta\"\npassword_hash = \"{pbkdf2}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("inbound.users[0].password_hash"), "{error}");
+
+        let argon =
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+        let user = format!("[[inbound.users]]\nname = \"mta\"\npassword_hash = \"{argon}\"\n");
+        parse(&user).unwrap();
+        let error = parse(&format!("{user}{user}")).unwrap_err().to_string();
+        assert!(error.contains("inbound.users[1].name"), "{error}");
+        assert!(error.contains("listed twice"), "{error}");
+    }
+
+    #[test]
+    fn postmaster_needs_a_valid_domain() {
+        let error = parse("[server]\npostmaster = \"postmaster@\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.postmaster"), "{error}");
+    }
+
+    #[test]
+    fn catch_all_route_is_accepted() {
+        let config = parse("[[delivery.routes]]\ndomain = \"*\"\nhost = \"127.0.0.1\"\n").unwrap();
+        assert_eq!(config.delivery.routes[0].domain, "*");
+    }
+
+    #[test]
+    fn relative_folders_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sealgate.toml");
+        std::fs::write(&path, "[server]\ndata_dir = \"spool\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.server.data_dir, dir.path().join("spool"));
+        assert_eq!(config.server.keys_dir, dir.path().join("./keys"));
     }
 
     #[test]

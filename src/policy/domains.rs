@@ -6,15 +6,21 @@
 pub struct DomainSet {
     exact: Vec<String>,
     suffixes: Vec<String>,
+    every_domain: bool,
 }
 
 impl DomainSet {
     /// Builds the set. `*.example.org` matches every subdomain of `example.org` but not
-    /// `example.org` itself, as in Postfix's and MTA-STS's wildcard rules.
+    /// `example.org` itself, as in Postfix's and MTA-STS's wildcard rules, and `*` alone
+    /// matches every domain, after every other pattern.
     pub fn new(patterns: &[String]) -> DomainSet {
         let mut set = DomainSet::default();
         for pattern in patterns {
             let pattern = normalize(pattern);
+            if pattern == "*" {
+                set.every_domain = true;
+                continue;
+            }
             match pattern.strip_prefix("*.") {
                 Some(suffix) => set.suffixes.push(format!(".{suffix}")),
                 None => set.exact.push(pattern),
@@ -37,6 +43,7 @@ impl DomainSet {
             .filter(|suffix| domain.ends_with(suffix.as_str()))
             .max_by_key(|suffix| suffix.len())
             .map(|suffix| format!("*{suffix}"))
+            .or_else(|| self.every_domain.then(|| "*".to_string()))
     }
 
     /// True when some pattern matches.
@@ -64,6 +71,15 @@ mod tests {
             ("a.b.nhs.uk", Some("*.nhs.uk")),
             ("nhs.uk", None),
             ("evilnhs.uk", None),
+            ("", None),
+        ];
+        for (domain, expected) in cases {
+            assert_eq!(set.matching_rule(domain).as_deref(), expected, "{domain}");
+        }
+        let set = DomainSet::new(&["*".into(), "nhs.net".into()]);
+        let cases = [
+            ("nhs.net", Some("nhs.net")),
+            ("anything.example", Some("*")),
             ("", None),
         ];
         for (domain, expected) in cases {

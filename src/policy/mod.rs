@@ -74,8 +74,8 @@ impl Router {
     }
 
     /// Routes one recipient.
-    pub fn route_recipient(&self, address: &str) -> RoutedRecipient {
-        self.decide(address).1
+    pub fn route_recipient(&self, address: &str) -> (Route, RoutedRecipient) {
+        self.decide(address)
     }
 
     /// Routes every recipient and groups them by route.
