@@ -301,8 +301,11 @@ impl Config {
         })?;
         let mut config = Config::parse(&text, path)?;
         if let Some(folder) = path.parent() {
-            config.server.data_dir = folder.join(&config.server.data_dir);
-            config.server.keys_dir = folder.join(&config.server.keys_dir);
+            let resolve = |relative: &Path| {
+                folder.join(relative.strip_prefix("./").unwrap_or(relative))
+            };
+            config.server.data_dir = resolve(&config.server.data_dir);
+            config.server.keys_dir = resolve(&config.server.keys_dir);
         }
         Ok(config)
     }

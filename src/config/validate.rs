@@ -413,7 +413,7 @@ mod tests {
         std::fs::write(&path, "[server]\ndata_dir = \"spool\"\n").unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.server.data_dir, dir.path().join("spool"));
-        assert_eq!(config.server.keys_dir, dir.path().join("./keys"));
+        assert_eq!(config.server.keys_dir, dir.path().join("keys"));
     }
 
     #[test]
