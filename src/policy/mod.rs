@@ -6,6 +6,7 @@
 //! route carries, so further routes add a variant here and a mapping in
 //! [`Route::tls_requirement`] without touching the queue schema or the SMTP client.
 
+pub mod classify;
 mod domains;
 
 use std::fmt;
