@@ -159,6 +159,7 @@ mod tests {
     fn router(domains: &[&str]) -> Router {
         Router::new(&PolicyConfig {
             secure_domains: domains.iter().map(|domain| domain.to_string()).collect(),
+            ..PolicyConfig::default()
         })
     }
 
