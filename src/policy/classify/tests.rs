@@ -510,3 +510,15 @@ fn binary_garbage_does_not_panic() {
         );
     }
 }
+
+#[test]
+fn classifier_is_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Classifier>();
+    let classifier = std::sync::Arc::new(classifier());
+    let worker = {
+        let classifier = classifier.clone();
+        std::thread::spawn(move || classifier.classify(b"Subject: [secure] x\r\n\r\ny\r\n"))
+    };
+    assert_eq!(worker.join().unwrap().action, Some(Action::Protect));
+}
