@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::classify::ClassifyConfig;
+
 pub use units::{ByteSize, ConfigDuration};
 pub use validate::parse_dns_server;
 
@@ -25,7 +27,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// The SMTP listener that staff mail servers relay through.
     pub inbound: InboundConfig,
-    /// Secure domains.
+    /// Secure domains and message classification.
     pub policy: PolicyConfig,
     /// Outbound SMTP: DNS, TLS trust and static routes.
     pub delivery: DeliveryConfig,
@@ -111,6 +113,9 @@ pub struct PolicyConfig {
     /// suffix (not the suffix itself). Mail to them leaves only over verified TLS.
     /// Default: `["nhs.net", "*.nhs.net"]`.
     pub secure_domains: Vec<String>,
+    /// `[policy.classify]`: which messages are sensitive. Default: see [`ClassifyConfig`].
+    #[serde(default)]
+    pub classify: ClassifyConfig,
 }
 
 /// `[delivery]`: outbound SMTP.
@@ -217,6 +222,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             secure_domains: vec!["nhs.net".into(), "*.nhs.net".into()],
+            classify: ClassifyConfig::default(),
         }
     }
 }

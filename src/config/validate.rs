@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use super::{Config, ConfigError};
+use crate::policy::classify::ClassifyError;
 
 impl Config {
     pub(super) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -127,6 +128,10 @@ impl Config {
                     "expected a domain name, *.suffix or *",
                 );
             }
+        }
+
+        if let Err(ClassifyError::Invalid { key, value, reason }) = self.policy.classify.check() {
+            return invalid(key, value, &reason);
         }
 
         let delivery = &self.delivery;
@@ -433,9 +438,60 @@ mod tests {
     }
 
     #[test]
+    fn classify_section_parses() {
+        let config = parse(
+            "[policy.classify.nhs_number]\nrequire_keyword = true\n\
+             [[policy.classify.patterns]]\nname = \"ref\"\nregex = \"REF[0-9]+\"\n\
+             action = \"review\"\n",
+        )
+        .unwrap();
+        let classify = &config.policy.classify;
+        assert!(classify.nhs_number.require_keyword);
+        assert_eq!(classify.patterns[0].min_count, 1);
+        assert_eq!(classify.subject_tags.tags, ["[secure]"]);
+    }
+
+    #[test]
+    fn bad_classify_regex_names_file_key_and_value() {
+        let error = parse("[[policy.classify.patterns]]\nname = \"x\"\nregex = \"(\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "/etc/sealgate.toml: policy.classify.patterns[0].regex = \"(\": \
+                 invalid regular expression: "
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_classify_key_is_rejected() {
+        let error = parse("[policy.classify.markings]\nbody_line = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("body_line"), "{error}");
+    }
+
+    #[test]
+    fn bad_classify_action_names_key() {
+        let error = parse("[policy.classify.subject_tags]\naction = \"encrypt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("policy.classify.subject_tags.action"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let config = parse(crate::config::EXAMPLE_CONFIG).unwrap();
         assert!(!config.policy.secure_domains.is_empty());
+        assert_eq!(
+            config.policy.classify.header_rules,
+            crate::policy::classify::ClassifyConfig::default().header_rules
+        );
     }
 
     #[test]

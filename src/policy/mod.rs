@@ -6,6 +6,7 @@
 //! route carries, so further routes add a variant here and a mapping in
 //! [`Route::tls_requirement`] without touching the queue schema or the SMTP client.
 
+pub mod classify;
 mod domains;
 
 use std::fmt;
@@ -158,6 +159,7 @@ mod tests {
     fn router(domains: &[&str]) -> Router {
         Router::new(&PolicyConfig {
             secure_domains: domains.iter().map(|domain| domain.to_string()).collect(),
+            ..PolicyConfig::default()
         })
     }
 
