@@ -2,8 +2,14 @@
 //! reason. The plan groups recipients by route, so a message with recipients on several
 //! routes is split into one delivery per route.
 //!
+//! A message that is not sensitive goes `forced-tls` to secure domains and `opportunistic`
+//! to everyone else. A sensitive one (see [`classify`]) goes `forced-tls` to secure
+//! domains, `smime` to a recipient with a valid certificate, and `portal` to everyone
+//! else; a rule with the `review` action sends every recipient to `review`. `portal` and
+//! `review` recipients are held in the queue and never delivered by SMTP.
+//!
 //! Routes are stored in the queue by name, and delivery reads only the TLS requirement a
-//! route carries, so further routes add a variant here and a mapping in
+//! route carries, so a route adds a variant here and a mapping in
 //! [`Route::tls_requirement`] without touching the queue schema or the SMTP client.
 
 pub mod classify;
@@ -16,6 +22,7 @@ pub use domains::DomainSet;
 
 use crate::config::PolicyConfig;
 use crate::envelope::domain_of;
+use classify::{Action, Classification};
 
 /// How a recipient's copy may leave, weakest requirement first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,6 +31,37 @@ pub enum Route {
     Opportunistic,
     /// STARTTLS required and the certificate verified for the next hop's name.
     ForcedTls,
+    /// S/MIME enveloped data for the recipient's certificate, over opportunistic TLS.
+    Smime,
+    /// Held encrypted for collection from the portal; only a notification leaves.
+    Portal,
+    /// Held until an administrator releases or rejects it.
+    Review,
+}
+
+/// What the certificate store knows about one recipient, for routing and explanations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateLookup {
+    /// A valid encryption certificate, described for the reason text (subject, expiry,
+    /// file).
+    Found(String),
+    /// No usable certificate, and why (none known, or each known one and its flaw).
+    Missing(String),
+}
+
+/// Finds recipients' S/MIME certificates; implemented by the S/MIME certificate directory.
+pub trait CertificateSource: Send + Sync {
+    /// Looks up the encryption certificate for exactly this address.
+    fn certificate_for(&self, address: &str) -> CertificateLookup;
+}
+
+/// A certificate source that knows no certificates.
+pub struct NoCertificates;
+
+impl CertificateSource for NoCertificates {
+    fn certificate_for(&self, _address: &str) -> CertificateLookup {
+        CertificateLookup::Missing("no certificate directory is loaded".into())
+    }
 }
 
 /// The TLS level delivery must reach, ordered so that `<` means weaker.
@@ -74,16 +112,36 @@ impl Router {
         }
     }
 
-    /// Routes one recipient.
+    /// Routes one recipient of a message that is not sensitive.
     pub fn route_recipient(&self, address: &str) -> (Route, RoutedRecipient) {
-        self.decide(address)
+        self.decide(address, &Classification::default(), &NoCertificates)
     }
 
-    /// Routes every recipient and groups them by route.
+    /// Routes one recipient of a classified message.
+    pub fn route_classified(
+        &self,
+        address: &str,
+        classification: &Classification,
+        certificates: &dyn CertificateSource,
+    ) -> (Route, RoutedRecipient) {
+        self.decide(address, classification, certificates)
+    }
+
+    /// Routes every recipient of a message that is not sensitive, grouped by route.
     pub fn plan(&self, recipients: &[String]) -> Plan {
+        self.plan_classified(recipients, &Classification::default(), &NoCertificates)
+    }
+
+    /// Routes every recipient of a classified message and groups them by route.
+    pub fn plan_classified(
+        &self,
+        recipients: &[String],
+        classification: &Classification,
+        certificates: &dyn CertificateSource,
+    ) -> Plan {
         let mut plan = Plan::default();
         for address in recipients {
-            let (route, recipient) = self.decide(address);
+            let (route, recipient) = self.decide(address, classification, certificates);
             match plan.groups.iter_mut().find(|group| group.route == route) {
                 Some(group) => group.recipients.push(recipient),
                 None => plan.groups.push(RouteGroup {
@@ -96,17 +154,40 @@ impl Router {
         plan
     }
 
-    fn decide(&self, address: &str) -> (Route, RoutedRecipient) {
+    fn decide(
+        &self,
+        address: &str,
+        classification: &Classification,
+        certificates: &dyn CertificateSource,
+    ) -> (Route, RoutedRecipient) {
         let domain = domain_of(address);
-        let (route, reason) = match self.secure_domains.matching_rule(&domain) {
-            Some(rule) => (
+        let secure_rule = self.secure_domains.matching_rule(&domain);
+        let (route, reason) = match (classification.action, secure_rule) {
+            (Some(Action::Review), _) => (Route::Review, "held for review".to_string()),
+            (_, Some(rule)) => (
                 Route::ForcedTls,
                 format!("domain {domain} is secure (rule {rule})"),
             ),
-            None => (
+            (None, None) => (
                 Route::Opportunistic,
                 format!("domain {domain} is not in the secure domain list"),
             ),
+            (Some(Action::Protect), None) => match certificates.certificate_for(address) {
+                CertificateLookup::Found(certificate) => (
+                    Route::Smime,
+                    format!("domain {domain} is not secure; certificate {certificate}"),
+                ),
+                CertificateLookup::Missing(why) => (
+                    Route::Portal,
+                    format!("domain {domain} is not secure and no certificate is usable: {why}"),
+                ),
+            },
+        };
+        let reason = if classification.matches.is_empty() {
+            reason
+        } else {
+            let rules: Vec<String> = classification.matches.iter().map(|m| m.to_string()).collect();
+            format!("sensitive ({}); {reason}", rules.join("; "))
         };
         let recipient = RoutedRecipient {
             address: address.to_owned(),
@@ -117,12 +198,20 @@ impl Router {
 }
 
 impl Route {
-    /// The TLS level delivery must reach on this route.
-    pub fn tls_requirement(self) -> TlsRequirement {
+    /// The TLS level delivery must reach on this route, or `None` for a route that is
+    /// held and never delivered by SMTP.
+    pub fn tls_requirement(self) -> Option<TlsRequirement> {
         match self {
-            Route::Opportunistic => TlsRequirement::Opportunistic,
-            Route::ForcedTls => TlsRequirement::Verified,
+            // The S/MIME envelope protects the content; TLS is a second layer.
+            Route::Opportunistic | Route::Smime => Some(TlsRequirement::Opportunistic),
+            Route::ForcedTls => Some(TlsRequirement::Verified),
+            Route::Portal | Route::Review => None,
         }
+    }
+
+    /// True for routes whose recipients stay held in the queue.
+    pub fn is_held(self) -> bool {
+        self.tls_requirement().is_none()
     }
 
     /// The name stored in the queue and shown in logs.
@@ -130,6 +219,9 @@ impl Route {
         match self {
             Route::Opportunistic => "opportunistic",
             Route::ForcedTls => "forced-tls",
+            Route::Smime => "smime",
+            Route::Portal => "portal",
+            Route::Review => "review",
         }
     }
 }
@@ -147,6 +239,9 @@ impl FromStr for Route {
         match text {
             "opportunistic" => Ok(Route::Opportunistic),
             "forced-tls" => Ok(Route::ForcedTls),
+            "smime" => Ok(Route::Smime),
+            "portal" => Ok(Route::Portal),
+            "review" => Ok(Route::Review),
             _ => Err(format!("unknown route {text:?}")),
         }
     }
@@ -203,7 +298,13 @@ mod tests {
 
     #[test]
     fn route_names_round_trip() {
-        for route in [Route::Opportunistic, Route::ForcedTls] {
+        for route in [
+            Route::Opportunistic,
+            Route::ForcedTls,
+            Route::Smime,
+            Route::Portal,
+            Route::Review,
+        ] {
             assert_eq!(route.as_str().parse::<Route>().unwrap(), route);
         }
         assert!("smoke-signal".parse::<Route>().is_err());
@@ -212,5 +313,70 @@ mod tests {
     #[test]
     fn forced_tls_requires_verification() {
         assert!(Route::ForcedTls.tls_requirement() > Route::Opportunistic.tls_requirement());
+        assert_eq!(Route::Smime.tls_requirement(), Some(TlsRequirement::Opportunistic));
+        assert!(Route::Portal.is_held());
+        assert!(Route::Review.is_held());
+    }
+
+    struct KnownCertificate;
+
+    impl CertificateSource for KnownCertificate {
+        fn certificate_for(&self, address: &str) -> CertificateLookup {
+            if address == "bob@partner.example" {
+                CertificateLookup::Found("CN=Bob".into())
+            } else {
+                CertificateLookup::Missing(format!("no certificate for {address}"))
+            }
+        }
+    }
+
+    fn sensitive(action: Action) -> Classification {
+        Classification {
+            action: Some(action),
+            matches: vec![classify::RuleMatch {
+                rule: "subject-tag".into(),
+                action,
+                location: "subject".into(),
+                detail: "tag [secure]".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn sensitive_mail_routes_by_domain_and_certificate() {
+        let router = router(&["nhs.net", "*.nhs.net"]);
+        let classification = sensitive(Action::Protect);
+        let cases = [
+            ("referrals@trust.nhs.net", Route::ForcedTls),
+            ("bob@partner.example", Route::Smime),
+            ("sam.patient@mailbox.example", Route::Portal),
+        ];
+        for (address, expected) in cases {
+            let (route, recipient) =
+                router.route_classified(address, &classification, &KnownCertificate);
+            assert_eq!(route, expected, "{address}");
+            assert!(recipient.reason.starts_with("sensitive (subject-tag in subject"), "{}", recipient.reason);
+        }
+        let (_, portal) =
+            router.route_classified("sam.patient@mailbox.example", &classification, &KnownCertificate);
+        assert!(portal.reason.contains("no certificate for sam.patient@mailbox.example"), "{}", portal.reason);
+    }
+
+    #[test]
+    fn review_rule_holds_every_recipient() {
+        let router = router(&["nhs.net"]);
+        let classification = sensitive(Action::Review);
+        for address in ["gp@nhs.net", "bob@partner.example", "x@mailbox.example"] {
+            let (route, _) = router.route_classified(address, &classification, &KnownCertificate);
+            assert_eq!(route, Route::Review, "{address}");
+        }
+    }
+
+    #[test]
+    fn unclassified_mail_ignores_certificates() {
+        let router = router(&["nhs.net"]);
+        let (route, _) =
+            router.route_classified("bob@partner.example", &Classification::default(), &KnownCertificate);
+        assert_eq!(route, Route::Opportunistic);
     }
 }

@@ -498,6 +498,11 @@ impl DeliveryWorker {
             }
         };
 
+        let Some(tls) = route.tls_requirement() else {
+            // Held routes are stored as held and never claimed; fail closed if one is.
+            tracing::error!(queue_id = %id, %route, "held route reached delivery; not sent");
+            return;
+        };
         let started_at = now_millis();
         let clock = Instant::now();
         let job = DeliveryJob {
@@ -506,7 +511,7 @@ impl DeliveryWorker {
             domain: &domain,
             recipients: &recipients,
             body: &body,
-            tls: route.tls_requirement(),
+            tls,
             body_8bit: summary.body_8bit,
             smtputf8: summary.smtputf8,
         };

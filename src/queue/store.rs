@@ -57,6 +57,8 @@ pub enum RecipientState {
     Incoming,
     /// Waiting for its next attempt.
     Pending,
+    /// Held by its route (`portal` or `review`); never delivered by SMTP.
+    Held,
     /// Accepted by the next hop.
     Sent,
     /// Failed permanently or expired; a DSN has been queued when the sender is not `<>`.
@@ -228,11 +230,23 @@ impl Store {
         let transaction = self.connection.transaction()?;
         {
             let mut update = transaction.prepare_cached(
-                "UPDATE recipients SET route = ?3, reason = ?4, state = 'pending', next_attempt = ?5
+                "UPDATE recipients SET route = ?3, reason = ?4, state = ?5, next_attempt = ?6
                  WHERE message_id = ?1 AND address = ?2 AND state = 'incoming'",
             )?;
             for (address, route, reason) in routes {
-                update.execute(params![id.as_str(), address, route.as_str(), reason, now])?;
+                let state = if route.is_held() {
+                    RecipientState::Held
+                } else {
+                    RecipientState::Pending
+                };
+                update.execute(params![
+                    id.as_str(),
+                    address,
+                    route.as_str(),
+                    reason,
+                    state_name(state),
+                    now
+                ])?;
             }
             transaction.execute(
                 "UPDATE messages SET routed_at = ?2 WHERE id = ?1",
@@ -415,7 +429,8 @@ impl Store {
     pub fn delete_if_done(&mut self, id: &QueueId) -> Result<bool, QueueError> {
         let open: i64 = self.connection.query_row(
             "SELECT COUNT(*) FROM recipients
-             WHERE message_id = ?1 AND (state IN ('incoming', 'pending') OR dsn_pending = 1)",
+             WHERE message_id = ?1
+               AND (state IN ('incoming', 'pending', 'held') OR dsn_pending = 1)",
             [id.as_str()],
             |row| row.get(0),
         )?;
@@ -501,6 +516,7 @@ fn state_name(state: RecipientState) -> &'static str {
     match state {
         RecipientState::Incoming => "incoming",
         RecipientState::Pending => "pending",
+        RecipientState::Held => "held",
         RecipientState::Sent => "sent",
         RecipientState::Bounced => "bounced",
     }
@@ -509,6 +525,7 @@ fn state_name(state: RecipientState) -> &'static str {
 fn parse_state(name: &str) -> RecipientState {
     match name {
         "incoming" => RecipientState::Incoming,
+        "held" => RecipientState::Held,
         "sent" => RecipientState::Sent,
         "bounced" => RecipientState::Bounced,
         _ => RecipientState::Pending,
