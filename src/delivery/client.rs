@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::tls::{describe_handshake_error, protocol_name};
 use super::{DeliveryJob, DeliveryStatus, Failure, RecipientResult, Reply, Stage};
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// The address being talked to.
 pub(crate) struct Peer<'a> {
@@ -78,7 +78,7 @@ pub(crate) async fn connect(
     peer: &Peer<'_>,
     timeouts: Timeouts,
 ) -> Result<SmtpClient<TcpStream>, Failure> {
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), "connecting");
+    debug!(queue_id = peer.queue_id, host = %escape_field(&peer.label), "connecting");
     let mut client = SmtpClient::connect(peer.address, timeouts.connect)
         .await
         .map_err(|error| {
@@ -106,8 +106,8 @@ pub(crate) async fn connect(
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&greeting.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?greeting.to_string(),
         "greeting",
     );
     if !(200..300).contains(&greeting.code) {
@@ -137,7 +137,7 @@ where
         Ok(capabilities) => {
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 capabilities = capabilities.capabilities,
                 "EHLO accepted",
             );
@@ -162,8 +162,8 @@ where
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&rejected.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?rejected.to_string(),
         "EHLO rejected, trying HELO",
     );
     let reply = client
@@ -207,8 +207,8 @@ pub(crate) async fn start_tls(
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        tls_name = %escape(peer.tls_name),
+        host = %escape_field(&peer.label),
+        tls_name = %escape_field(peer.tls_name),
         "TLS handshake",
     );
     match client.into_tls(connector, peer.tls_name).await {
@@ -216,7 +216,7 @@ pub(crate) async fn start_tls(
             let version = protocol_name(client.tls_connection().protocol_version());
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 version,
                 "TLS established",
             );
@@ -226,7 +226,7 @@ pub(crate) async fn start_tls(
             let detail = describe_handshake_error(&error, peer.tls_name);
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 detail,
                 "TLS handshake failed",
             );
@@ -249,7 +249,7 @@ where
     if let Some(failure) = conversion_failure(peer, job, capabilities) {
         debug!(
             queue_id = peer.queue_id,
-            host = %escape(&peer.label),
+            host = %escape_field(&peer.label),
             detail = failure.detail,
             "message cannot be sent to this next hop",
         );
@@ -275,8 +275,8 @@ where
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?reply.to_string(),
         "MAIL FROM",
     );
     if (500..600).contains(&reply.code) {
@@ -315,7 +315,7 @@ where
     {
         debug!(
             queue_id = peer.queue_id,
-            host = %escape(&peer.label),
+            host = %escape_field(&peer.label),
             "no recipient accepted, skipping DATA",
         );
         return finish(job, states, None);
@@ -331,7 +331,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let outcome = client.cmd(b"QUIT\r\n").await;
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), ok = outcome.is_ok(), "QUIT");
+    debug!(queue_id = peer.queue_id, host = %escape_field(&peer.label), ok = outcome.is_ok(), "QUIT");
 }
 
 /// Applies the transparency procedure of RFC 5321 §4.5.2 and appends the end of data.
@@ -386,9 +386,9 @@ where
         .map_err(|error| lost(peer, Stage::RcptTo, "RCPT TO", error))?;
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        recipient = %escape(recipient),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        recipient = %escape_field(recipient),
+        reply = ?reply.to_string(),
         "RCPT TO",
     );
 
@@ -434,7 +434,7 @@ where
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
+        host = %escape_field(&peer.label),
         bytes = body.len(),
         "sending message",
     );
@@ -465,8 +465,8 @@ where
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?reply.to_string(),
         "end of data",
     );
 

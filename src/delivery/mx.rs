@@ -18,7 +18,7 @@ use tracing::debug;
 use super::{DeliveryError, DeliveryStatus, Failure, Stage};
 use crate::config::{DeliveryConfig, StaticRoute, parse_dns_server};
 use crate::policy::DomainSet;
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// One host to try, with its addresses in the order to try them.
 #[derive(Clone, Debug)]
@@ -115,8 +115,8 @@ impl HopResolver {
         if let Some(route) = self.static_route(domain) {
             debug!(
                 queue_id,
-                domain = %escape(domain),
-                host = %escape(&route.host),
+                domain = %escape_field(domain),
+                host = %escape_field(&route.host),
                 "using static route",
             );
             let hop = self.resolve_route(queue_id, route).await;
@@ -185,8 +185,8 @@ impl HopResolver {
             if host.parse::<IpAddr>().is_ok() {
                 debug!(
                     queue_id,
-                    domain = %escape(domain),
-                    host = %escape(&host),
+                    domain = %escape_field(domain),
+                    host = %escape_field(&host),
                     "skipping MX host: an IP address is not a host name",
                 );
                 continue;
@@ -205,9 +205,9 @@ impl HopResolver {
                     };
                     debug!(
                         queue_id,
-                        domain = %escape(domain),
-                        host = %escape(&host),
-                        reason = %escape(&reason),
+                        domain = %escape_field(domain),
+                        host = %escape_field(&host),
+                        reason = ?reason,
                         "skipping MX host",
                     );
                 }
@@ -223,7 +223,7 @@ impl HopResolver {
         domain: &str,
         name: Name,
     ) -> Result<Vec<NextHop>, Box<DeliveryStatus>> {
-        debug!(queue_id, domain = %escape(domain), "no MX records, using the domain's addresses");
+        debug!(queue_id, domain = %escape_field(domain), "no MX records, using the domain's addresses");
         match self.addresses(name).await {
             Ok(addresses) => Ok(vec![NextHop {
                 name: domain.to_owned(),
@@ -263,7 +263,7 @@ impl HopResolver {
                     Err(_) => {
                         debug!(
                             queue_id,
-                            host = %escape(&route.host),
+                            host = %escape_field(&route.host),
                             "skipping static route host: no address found",
                         );
                         return None;

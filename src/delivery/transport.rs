@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::policy::TlsRequirement;
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// Delivers one job and reports a result per recipient. Implementations must not panic on
 /// peer input and must return exactly one result per recipient, in job order.
@@ -87,7 +87,7 @@ impl SmtpCourier {
         };
         debug!(
             queue_id = job.queue_id,
-            domain = %escape(job.domain),
+            domain = %escape_field(job.domain),
             tls = ?job.tls,
             recipients = job.recipients.len(),
             "delivery attempt",
@@ -98,7 +98,7 @@ impl SmtpCourier {
             Err(status) => {
                 debug!(
                     queue_id = job.queue_id,
-                    domain = %escape(job.domain),
+                    domain = %escape_field(job.domain),
                     status = status.dsn_code(),
                     "no next hop",
                 );
@@ -132,9 +132,9 @@ impl SmtpCourier {
                     AddressOutcome::Failed(failure, outcome) => {
                         debug!(
                             queue_id = job.queue_id,
-                            host = %escape(&peer.label),
+                            host = %escape_field(&peer.label),
                             stage = %failure.stage,
-                            detail = %escape(&failure.to_string()),
+                            detail = ?failure.to_string(),
                             "host failed",
                         );
                         tls = outcome;
@@ -178,7 +178,7 @@ impl SmtpCourier {
         if job.tls == TlsRequirement::Verified && !offers_starttls {
             debug!(
                 queue_id = job.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 "STARTTLS not offered, verified TLS required",
             );
             let failure = client::tls_failure(peer, "STARTTLS not offered".into(), None);
@@ -218,7 +218,7 @@ impl SmtpCourier {
                 TlsRequirement::Opportunistic => {
                     debug!(
                         queue_id = job.queue_id,
-                        host = %escape(&peer.label),
+                        host = %escape_field(&peer.label),
                         "STARTTLS rejected, continuing in clear text",
                     );
                     self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
@@ -245,8 +245,8 @@ impl SmtpCourier {
     ) -> AddressOutcome {
         debug!(
             queue_id = job.queue_id,
-            host = %escape(&peer.label),
-            detail = %escape(&tls_failure.detail),
+            host = %escape_field(&peer.label),
+            detail = ?tls_failure.detail,
             "TLS handshake failed, reconnecting in clear text",
         );
         let (plain, capabilities) = match self.open(peer).await {
@@ -340,7 +340,7 @@ fn report(
 ) -> AttemptReport {
     debug!(
         queue_id = job.queue_id,
-        relay = ?relay.as_deref().map(escape),
+        relay = %relay.as_deref().map_or_else(|| "none".to_owned(), escape_field),
         tls = %tls,
         "delivery attempt finished",
     );

@@ -3,7 +3,7 @@
 //! Passwords are checked against the Argon2 PHC strings in `inbound.users`. Each failure
 //! waits longer before its `535` (the base delay doubles per failure), and the failure that
 //! reaches `max_auth_failures` closes the session. The AUTH payload and the password are
-//! never logged; the user name is logged escaped.
+//! never logged, and the user name is logged with its field delimiters escaped.
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Connection, Line};
 use super::reply::{self, Reply};
 use super::session::{Session, State, Step};
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// Credentials decoded from the client, before they are checked.
 struct Credentials {
@@ -57,7 +57,7 @@ impl Session {
         };
 
         if self.verify(&credentials).await {
-            tracing::info!(user = %escape(&credentials.user), "authenticated");
+            tracing::info!(user = %escape_field(&credentials.user), "authenticated");
             self.auth_user = Some(credentials.user);
             connection.queue(&Reply::new(235, "2.7.0", "Authentication successful"));
             return Step::Continue;
@@ -65,7 +65,7 @@ impl Session {
 
         self.auth_failures += 1;
         tracing::warn!(
-            user = %escape(&credentials.user),
+            user = %escape_field(&credentials.user),
             failures = self.auth_failures,
             "authentication failed"
         );

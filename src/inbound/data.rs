@@ -12,7 +12,7 @@ use super::connection::Connection;
 use super::reply::{self, Reply};
 use super::session::{Greeting, Session, State, Step, Transaction};
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address};
-use crate::telemetry::{MAIL_LOG, escape};
+use crate::telemetry::{MAIL_LOG, escape_field};
 
 /// Defects that make received data unacceptable. The reader still reads on to the end of data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -289,18 +289,18 @@ impl Session {
 
 /// The mail log line written at acceptance, in Postfix's layout, with peer text escaped:
 /// `ID: queued from=<sender>, size=N, nrcpt=N, client=helo[ip]:port, tls=..., auth=...`.
-fn acceptance_line(
+pub(super) fn acceptance_line(
     id: &QueueId,
     sender: &str,
     size: usize,
     nrcpt: usize,
     client: &ClientInfo,
 ) -> String {
-    let auth = client.auth_user.as_deref().map(escape);
+    let auth = client.auth_user.as_deref().map(escape_field);
     format!(
         "{id}: queued from={}, size={size}, nrcpt={nrcpt}, client={}[{}]:{}, tls={}, auth={}",
         display_address(sender),
-        escape(&client.helo),
+        escape_field(&client.helo),
         client.addr.ip(),
         client.addr.port(),
         client.tls.as_deref().unwrap_or("none"),

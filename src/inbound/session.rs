@@ -312,7 +312,7 @@ fn command_name(line: &[u8]) -> String {
         .take(16)
         .copied()
         .collect();
-    crate::telemetry::escape_bytes(&verb)
+    crate::telemetry::escape_field(&String::from_utf8_lossy(&verb))
 }
 
 fn parse_error_reply(error: ParseError) -> Reply {

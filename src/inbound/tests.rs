@@ -638,3 +638,45 @@ async fn pipelined_commands_get_replies_in_order() {
     }
     client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
 }
+
+/// Counts the fields named `name=` in a mail log line.
+fn field_count(line: &str, name: &str) -> usize {
+    line.match_indices(&format!("{name}=")).count()
+}
+
+#[test]
+fn acceptance_line_cannot_be_given_forged_fields() {
+    let client = crate::envelope::ClientInfo {
+        addr: "127.0.0.1:40000".parse().unwrap(),
+        helo: "fake.host[10.0.0.1]:25, tls=TLSv1.3/verified".into(),
+        tls: None,
+        auth_user: Some("mta failures=0, auth=admin".into()),
+    };
+    let id = crate::envelope::QueueId::parse("0123456789ABCDEF").unwrap();
+    let sender = "\"x>, relay=mx.nhs.net[1.2.3.4]:25, status=sent\"@partner.example";
+
+    let line = super::data::acceptance_line(&id, sender, 120, 1, &client);
+
+    for field in ["from", "client", "tls", "auth", "relay", "status"] {
+        let expected = usize::from(!matches!(field, "relay" | "status"));
+        assert_eq!(field_count(&line, field), expected, "{field}= in {line}");
+    }
+    assert!(
+        line.contains(
+            "client=fake.host[10.0.0.1]:25\\x2c\\x20tls\\x3dTLSv1.3/verified[127.0.0.1]:40000, "
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn display_address_cannot_end_its_field() {
+    let forged = "\"x>, relay=mx.nhs.net[1.2.3.4]:25, status=sent\"@partner.example";
+
+    let shown = crate::envelope::display_address(forged);
+
+    assert_eq!(shown.matches('>').count(), 1, "{shown}");
+    assert!(shown.ends_with("@partner.example>"), "{shown}");
+    assert!(!shown.contains(", "), "{shown}");
+    assert!(!shown.contains('='), "{shown}");
+}
