@@ -23,11 +23,13 @@ pub(crate) struct Flaws {
     pub(crate) line_too_long: bool,
     /// More bytes than the message size limit.
     pub(crate) too_big: bool,
+    /// A NUL byte, which RFC 5322 message text does not allow.
+    pub(crate) nul_byte: bool,
 }
 
 impl Flaws {
     pub(crate) fn any(&self) -> bool {
-        self.bare_line_break || self.line_too_long || self.too_big
+        self.bare_line_break || self.line_too_long || self.too_big || self.nul_byte
     }
 }
 
@@ -111,6 +113,10 @@ impl DataDecoder {
             b'\n' => {
                 // A bare LF does not start a new line, so a following dot is text.
                 self.flaws.bare_line_break = true;
+                self.position = Position::Text;
+            }
+            0 => {
+                self.flaws.nul_byte = true;
                 self.position = Position::Text;
             }
             _ => {
@@ -197,6 +203,10 @@ impl Session {
         if flaws.bare_line_break {
             let text = "Bare CR or LF not allowed; lines must end with CRLF";
             return Some(Reply::new(550, "5.6.0", text));
+        }
+        if flaws.nul_byte {
+            let text = "NUL bytes are not allowed in a message";
+            return Some(Reply::new(554, "5.6.0", text));
         }
         if flaws.too_big {
             let limit = inbound.max_message_size.0;

@@ -680,3 +680,22 @@ fn display_address_cannot_end_its_field() {
     assert!(!shown.contains(", "), "{shown}");
     assert!(!shown.contains('='), "{shown}");
 }
+
+#[tokio::test]
+async fn rejects_nul_byte_in_data() {
+    let payloads: &[&[u8]] = &[
+        b"Subject: a\r\n\r\nx\x00y\r\n.\r\n",
+        b"Subject: a\r\n\r\nx\r\n.\x00\r\n.\r\n",
+    ];
+    for payload in payloads {
+        let mut client = Client::start(config()).await;
+        client.open_transaction("bob@example.net").await;
+        client.expect("DATA", "354").await;
+        client.send(payload).await;
+        let reply = client.reply().await;
+        let shown = String::from_utf8_lossy(payload);
+        assert!(reply.starts_with("554 5.6.0"), "{shown:?}: {reply}");
+        client.expect("NOOP", "250 2.0.0").await;
+        assert!(client.messages().is_empty(), "{shown:?} stored a message");
+    }
+}
