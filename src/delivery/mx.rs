@@ -325,7 +325,7 @@ fn is_not_found(error: &NetError) -> bool {
 /// Parses a name as fully qualified, so that resolv.conf search domains are never added.
 fn fqdn(name: &str) -> Result<Name, String> {
     let name = name.trim_end_matches('.');
-    Name::from_ascii(format!("{name}.")).map_err(|error| error.to_string())
+    Name::from_utf8(format!("{name}.")).map_err(|error| error.to_string())
 }
 
 fn display_name(name: &Name) -> String {
@@ -419,5 +419,11 @@ mod tests {
     fn fqdn_adds_one_trailing_dot() {
         assert!(fqdn("example.org").unwrap().is_fqdn());
         assert_eq!(fqdn("example.org.").unwrap().to_ascii(), "example.org.");
+    }
+
+    #[test]
+    fn fqdn_converts_u_labels_to_a_labels() {
+        let name = fqdn("b\u{fc}cher.example").unwrap();
+        assert_eq!(name.to_ascii(), "xn--bcher-kva.example.");
     }
 }
