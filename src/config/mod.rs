@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, ConfigDuration};
-pub use validate::parse_dns_server;
+pub use validate::{is_domain_name, parse_dns_server};
 
 /// The commented example that `sealgate init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");

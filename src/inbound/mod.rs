@@ -10,6 +10,7 @@ mod auth;
 mod connection;
 mod data;
 mod mail;
+mod path;
 mod reply;
 mod session;
 
