@@ -946,3 +946,74 @@ fn trust_anchor_without_certificate_is_rejected() {
     );
     assert!(error.to_string().contains("empty.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn quoted_local_parts_are_sent_quoted() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["sp ace@open.test", "q\"uote\\x@open.test", "gp@open.test"]);
+    let mut job = job("open.test", &to, BODY, TlsRequirement::Opportunistic);
+    job.sender = "front desk@org.test";
+
+    let report = harness.courier.deliver(&job).await;
+
+    for index in 0..3 {
+        assert_eq!(sent(&report, index).code, 250, "recipient {index}");
+    }
+    let mail: Vec<String> = harness
+        .server
+        .commands_named("MAIL")
+        .into_iter()
+        .map(|command| command.line)
+        .collect();
+    assert_eq!(mail, ["MAIL FROM:<\"front desk\"@org.test>"]);
+    let rcpt: Vec<String> = harness
+        .server
+        .commands_named("RCPT")
+        .into_iter()
+        .map(|command| command.line)
+        .collect();
+    assert_eq!(
+        rcpt,
+        [
+            "RCPT TO:<\"sp ace\"@open.test>",
+            "RCPT TO:<\"q\\\"uote\\\\x\"@open.test>",
+            "RCPT TO:<gp@open.test>",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unsendable_recipient_bounces_without_host() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["bad\u{7}bell@open.test", "gp@open.test"]);
+
+    let report = harness.deliver_to(&to, BODY).await;
+
+    let failure = bounced(&report, 0);
+    assert_eq!(failure.host, None);
+    assert_eq!(failure.stage, Stage::RcptTo);
+    assert_eq!(failure.status, "5.1.3");
+    assert!(failure.detail.contains("rejected"), "{}", failure.detail);
+    assert!(failure.detail.contains("locally"), "{}", failure.detail);
+    assert_eq!(sent(&report, 1).code, 250);
+    assert_eq!(harness.server.commands_named("RCPT").len(), 1);
+}
+
+#[tokio::test]
+async fn unsendable_envelope_makes_no_connection() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["gp@open.test"]);
+    let mut job = job("open.test", &to, BODY, TlsRequirement::Opportunistic);
+    job.sender = "bad\r\nsender@org.test";
+
+    let report = harness.courier.deliver(&job).await;
+
+    let failure = bounced(&report, 0);
+    assert_eq!(failure.host, None);
+    assert_eq!(failure.stage, Stage::MailFrom);
+    assert_eq!(failure.status, "5.1.7");
+    assert!(failure.detail.contains("locally"), "{}", failure.detail);
+    assert_eq!(report.relay, None);
+    assert_eq!(report.tls, TlsOutcome::NotConnected);
+    assert_eq!(harness.server.connections(), 0);
+}

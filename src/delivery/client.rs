@@ -255,18 +255,12 @@ where
         );
         return finish_all(job, DeliveryStatus::Bounced(failure));
     }
-    if !is_valid_path(job.sender) {
-        let failure = host_failure(
-            peer,
-            Stage::MailFrom,
-            "invalid sender address".into(),
-            None,
-            "5.1.7",
-        );
+    let Some(sender) = reverse_path(job.sender) else {
+        let failure = unsendable(Stage::MailFrom);
         return finish_all(job, DeliveryStatus::Bounced(failure));
-    }
+    };
 
-    let command = mail_from_command(job, capabilities);
+    let command = mail_from_command(&sender, job, capabilities);
     let reply = match client.cmd(command).await {
         Ok(response) => reply_of(response),
         Err(error) => {
@@ -369,18 +363,12 @@ async fn send_rcpt<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if !is_valid_path(recipient) || recipient.is_empty() {
-        let failure = host_failure(
-            peer,
-            Stage::RcptTo,
-            "invalid recipient address".into(),
-            None,
-            "5.1.3",
-        );
+    let Some(path) = smtp_path(recipient) else {
+        let failure = unsendable(Stage::RcptTo);
         return Ok(RcptState::Done(DeliveryStatus::Bounced(failure)));
-    }
+    };
     let reply = client
-        .cmd(format!("RCPT TO:<{recipient}>\r\n"))
+        .cmd(format!("RCPT TO:<{path}>\r\n"))
         .await
         .map(reply_of)
         .map_err(|error| lost(peer, Stage::RcptTo, "RCPT TO", error))?;
@@ -517,8 +505,12 @@ fn conversion_failure(
     Some(host_failure(peer, Stage::Conversion, detail, None, status))
 }
 
-fn mail_from_command(job: &DeliveryJob<'_>, capabilities: &EhloResponse<String>) -> String {
-    let mut command = format!("MAIL FROM:<{}>", job.sender);
+fn mail_from_command(
+    sender: &str,
+    job: &DeliveryJob<'_>,
+    capabilities: &EhloResponse<String>,
+) -> String {
+    let mut command = format!("MAIL FROM:<{sender}>");
     if job.body_8bit {
         command.push_str(" BODY=8BITMIME");
     }
@@ -532,11 +524,77 @@ fn mail_from_command(job: &DeliveryJob<'_>, capabilities: &EhloResponse<String>)
     command
 }
 
-/// True when an address can be put between `<` and `>` without changing the command.
-fn is_valid_path(address: &str) -> bool {
-    !address
-        .chars()
-        .any(|ch| ch.is_control() || ch == '<' || ch == '>')
+/// Writes an envelope address as the text between `<` and `>` of an SMTP path
+/// (RFC 5321 §4.1.2). The inbound side stores a quoted local part without its quotes, so
+/// a local part that is not a dot-atom is quoted again here, with `\` and `"` escaped.
+/// Returns `None` for an address that no path can carry. That is one without `@`, with an
+/// empty local part or domain, or with a character outside letters, digits and `-._[]:`
+/// in the domain. A control character in the local part also gives `None`, because a
+/// quoted string cannot carry it either.
+pub(crate) fn smtp_path(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || local.chars().any(char::is_control) {
+        return None;
+    }
+    let domain_valid = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|ch| ch.is_alphanumeric() || matches!(ch, '-' | '.' | '_' | '[' | ']' | ':'));
+    if !domain_valid {
+        return None;
+    }
+    if is_dot_atom(local) {
+        return Some(address.to_owned());
+    }
+    let mut path = String::with_capacity(address.len() + 4);
+    path.push('"');
+    for ch in local.chars() {
+        if matches!(ch, '\\' | '"') {
+            path.push('\\');
+        }
+        path.push(ch);
+    }
+    path.push_str("\"@");
+    path.push_str(domain);
+    Some(path)
+}
+
+/// Writes a sender as [`smtp_path`] does, except that the empty null sender is valid.
+pub(crate) fn reverse_path(sender: &str) -> Option<String> {
+    if sender.is_empty() {
+        return Some(String::new());
+    }
+    smtp_path(sender)
+}
+
+/// True for `atext *("." atext)`, where RFC 6531 adds every non-ASCII character to the
+/// atext of RFC 5322 §3.2.3.
+fn is_dot_atom(local: &str) -> bool {
+    let is_atext = |ch: char| {
+        ch.is_ascii_alphanumeric() || !ch.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(ch)
+    };
+    local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+}
+
+/// Builds the failure for an address that sealgate cannot write as an SMTP path. It has
+/// no host, because no next hop saw the address.
+pub(crate) fn unsendable(stage: Stage) -> Failure {
+    let (role, status) = match stage {
+        Stage::MailFrom => ("sender", "5.1.7"),
+        _ => ("recipient", "5.1.3"),
+    };
+    Failure {
+        host: None,
+        stage,
+        detail: format!(
+            "sealgate rejected the {role} address locally because it cannot be written as an \
+             SMTP path, so it was not sent to any next hop"
+        ),
+        reply: None,
+        status: status.to_owned(),
+    }
 }
 
 fn finish_all(job: &DeliveryJob<'_>, status: DeliveryStatus) -> Transaction {
@@ -727,10 +785,30 @@ mod tests {
     }
 
     #[test]
-    fn paths_with_brackets_or_line_breaks_are_invalid() {
-        assert!(is_valid_path("a@example.org"));
-        assert!(is_valid_path(""));
-        assert!(!is_valid_path("a@example.org>\r\nRCPT TO:<b@example.org"));
-        assert!(!is_valid_path("a>@example.org"));
+    fn smtp_path_quotes_local_parts_that_are_not_dot_atoms() {
+        let cases = [
+            ("a.b+tag@example.org", Some("a.b+tag@example.org")),
+            ("j\u{fc}rgen@example.org", Some("j\u{fc}rgen@example.org")),
+            ("sp ace@example.org", Some("\"sp ace\"@example.org")),
+            ("q\"uote@example.org", Some("\"q\\\"uote\"@example.org")),
+            (
+                "back\\slash@example.org",
+                Some("\"back\\\\slash\"@example.org"),
+            ),
+            ("a@b@example.org", Some("\"a@b\"@example.org")),
+            ("a..b@example.org", Some("\"a..b\"@example.org")),
+            ("a>@example.org", Some("\"a>\"@example.org")),
+            ("a@example.org>\r\nRCPT TO:<b@example.org", None),
+            ("a\u{7f}b@example.org", None),
+            ("a@exa mple.org", None),
+            ("a@", None),
+            ("@example.org", None),
+            ("postmaster", None),
+            ("", None),
+        ];
+        for (address, expected) in cases {
+            assert_eq!(smtp_path(address).as_deref(), expected, "{address:?}");
+        }
+        assert_eq!(reverse_path("").as_deref(), Some(""));
     }
 }

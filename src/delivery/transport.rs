@@ -93,6 +93,30 @@ impl SmtpCourier {
             "delivery attempt",
         );
 
+        // An envelope that cannot be written as SMTP paths bounces here, before any
+        // lookup or connection, with no host named in the failure.
+        let unsendable_stage = if client::reverse_path(job.sender).is_none() {
+            Some(Stage::MailFrom)
+        } else if job
+            .recipients
+            .iter()
+            .all(|recipient| client::smtp_path(recipient).is_none())
+        {
+            Some(Stage::RcptTo)
+        } else {
+            None
+        };
+        if let Some(stage) = unsendable_stage {
+            let status = DeliveryStatus::Bounced(client::unsendable(stage));
+            return report(
+                job,
+                None,
+                TlsOutcome::NotConnected,
+                &clock,
+                same_for_all(job, status),
+            );
+        }
+
         let hops = match self.hops.next_hops(job.queue_id, job.domain).await {
             Ok(hops) => hops,
             Err(status) => {
