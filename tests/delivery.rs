@@ -1017,3 +1017,49 @@ async fn unsendable_envelope_makes_no_connection() {
     assert_eq!(report.tls, TlsOutcome::NotConnected);
     assert_eq!(harness.server.connections(), 0);
 }
+
+#[tokio::test]
+async fn failed_handshake_reports_tls_failed() {
+    common::init_logs();
+    type Identity = fn(&TestPki) -> common::ServerIdentity;
+    let cases: [(Identity, &str); 3] = [
+        (|pki| pki.self_signed(MX_HOST), "unknown issuer"),
+        (|pki| pki.expired(MX_HOST), "certificate expired"),
+        (
+            |pki| pki.ca_flagged(MX_HOST),
+            "CA certificate used as the server certificate",
+        ),
+    ];
+    for (identity, words) in cases {
+        let pki = TestPki::new();
+        let server = SmtpServer::start(ServerScript::with_tls(identity(&pki))).await;
+        let (courier, _dns) =
+            courier_for(&pki, mx_zone(SECURE_DOMAIN, &[(10, MX_HOST)]), &server).await;
+
+        let report = deliver_one(&courier, SECURE_DOMAIN, TlsRequirement::Verified, BODY).await;
+
+        assert_eq!(report.tls, TlsOutcome::Failed, "{words}");
+        assert_eq!(report.tls.to_string(), "failed");
+        let failure = deferred(&report, 0);
+        assert_eq!(
+            failure.detail,
+            format!("TLS handshake failed: {words}"),
+            "{failure}"
+        );
+        assert!(!failure.detail.contains("Other("), "{}", failure.detail);
+    }
+}
+
+#[test]
+fn tls_outcomes_order_from_weakest() {
+    let verified = TlsOutcome::Verified {
+        version: "TLSv1.3".into(),
+    };
+    let unverified = TlsOutcome::Unverified {
+        version: "TLSv1.3".into(),
+    };
+    assert!(TlsOutcome::NotConnected < TlsOutcome::Failed);
+    assert!(TlsOutcome::Failed < TlsOutcome::Plain);
+    assert!(TlsOutcome::Plain < unverified);
+    assert!(unverified < verified);
+}

@@ -250,7 +250,7 @@ impl SmtpCourier {
                 }
             },
             StartTls::HandshakeFailed(failure) => match job.tls {
-                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Plain),
+                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Failed),
                 TlsRequirement::Opportunistic => {
                     self.retry_in_clear(job, peer, failure, clock).await
                 }
