@@ -83,7 +83,10 @@ mod tests {
             assert!(!escaped.contains(delimiter), "{delimiter:?} in {escaped}");
         }
         assert!(escaped.starts_with("x\\x3e\\x2c\\x20relay\\x3dmx.nhs.net[1.2.3.4]:25"));
-        assert_eq!(escape_field("b\u{e9}a@partner.example"), "b\u{e9}a@partner.example");
+        assert_eq!(
+            escape_field("b\u{e9}a@partner.example"),
+            "b\u{e9}a@partner.example"
+        );
         assert_eq!(escape_field("a\r\nb"), "a\\r\\nb");
     }
 
