@@ -753,7 +753,7 @@ async fn concurrent_sessions_are_all_stored() {
 }
 
 #[tokio::test]
-async fn per_client_session_limit_rejects_only_that_client() {
+async fn client_session_limit_spares_other_clients() {
     let server = Server::start_with(|config| config.inbound.max_sessions_per_client = 2).await;
     let mut first = server.connect().await;
     let _second = server.connect().await;

@@ -785,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn smtp_path_quotes_local_parts_that_are_not_dot_atoms() {
+    fn smtp_path_quotes_non_dot_atoms() {
         let cases = [
             ("a.b+tag@example.org", Some("a.b+tag@example.org")),
             ("j\u{fc}rgen@example.org", Some("j\u{fc}rgen@example.org")),

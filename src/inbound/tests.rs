@@ -645,7 +645,7 @@ fn field_count(line: &str, name: &str) -> usize {
 }
 
 #[test]
-fn acceptance_line_cannot_be_given_forged_fields() {
+fn acceptance_line_resists_forged_fields() {
     let client = crate::envelope::ClientInfo {
         addr: "127.0.0.1:40000".parse().unwrap(),
         helo: "fake.host[10.0.0.1]:25, tls=TLSv1.3/verified".into(),
@@ -812,7 +812,7 @@ async fn rejects_invalid_utf8_in_address() {
 }
 
 #[tokio::test]
-async fn rejects_control_characters_in_quoted_local_part() {
+async fn rejects_control_characters_in_address() {
     let mut client = Client::start(config()).await;
     client.expect("EHLO client.example.org", "250").await;
     client
