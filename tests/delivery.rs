@@ -946,3 +946,120 @@ fn trust_anchor_without_certificate_is_rejected() {
     );
     assert!(error.to_string().contains("empty.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn quoted_local_parts_are_sent_quoted() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["sp ace@open.test", "q\"uote\\x@open.test", "gp@open.test"]);
+    let mut job = job("open.test", &to, BODY, TlsRequirement::Opportunistic);
+    job.sender = "front desk@org.test";
+
+    let report = harness.courier.deliver(&job).await;
+
+    for index in 0..3 {
+        assert_eq!(sent(&report, index).code, 250, "recipient {index}");
+    }
+    let mail: Vec<String> = harness
+        .server
+        .commands_named("MAIL")
+        .into_iter()
+        .map(|command| command.line)
+        .collect();
+    assert_eq!(mail, ["MAIL FROM:<\"front desk\"@org.test>"]);
+    let rcpt: Vec<String> = harness
+        .server
+        .commands_named("RCPT")
+        .into_iter()
+        .map(|command| command.line)
+        .collect();
+    assert_eq!(
+        rcpt,
+        [
+            "RCPT TO:<\"sp ace\"@open.test>",
+            "RCPT TO:<\"q\\\"uote\\\\x\"@open.test>",
+            "RCPT TO:<gp@open.test>",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unsendable_recipient_bounces_without_host() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["bad\u{7}bell@open.test", "gp@open.test"]);
+
+    let report = harness.deliver_to(&to, BODY).await;
+
+    let failure = bounced(&report, 0);
+    assert_eq!(failure.host, None);
+    assert_eq!(failure.stage, Stage::RcptTo);
+    assert_eq!(failure.status, "5.1.3");
+    assert!(failure.detail.contains("rejected"), "{}", failure.detail);
+    assert!(failure.detail.contains("locally"), "{}", failure.detail);
+    assert_eq!(sent(&report, 1).code, 250);
+    assert_eq!(harness.server.commands_named("RCPT").len(), 1);
+}
+
+#[tokio::test]
+async fn unsendable_envelope_makes_no_connection() {
+    let harness = Harness::open(ServerScript::default()).await;
+    let to = recipients(&["gp@open.test"]);
+    let mut job = job("open.test", &to, BODY, TlsRequirement::Opportunistic);
+    job.sender = "bad\r\nsender@org.test";
+
+    let report = harness.courier.deliver(&job).await;
+
+    let failure = bounced(&report, 0);
+    assert_eq!(failure.host, None);
+    assert_eq!(failure.stage, Stage::MailFrom);
+    assert_eq!(failure.status, "5.1.7");
+    assert!(failure.detail.contains("locally"), "{}", failure.detail);
+    assert_eq!(report.relay, None);
+    assert_eq!(report.tls, TlsOutcome::NotConnected);
+    assert_eq!(harness.server.connections(), 0);
+}
+
+#[tokio::test]
+async fn failed_handshake_reports_tls_failed() {
+    common::init_logs();
+    type Identity = fn(&TestPki) -> common::ServerIdentity;
+    let cases: [(Identity, &str); 3] = [
+        (|pki| pki.self_signed(MX_HOST), "unknown issuer"),
+        (|pki| pki.expired(MX_HOST), "certificate expired"),
+        (
+            |pki| pki.ca_flagged(MX_HOST),
+            "CA certificate used as the server certificate",
+        ),
+    ];
+    for (identity, words) in cases {
+        let pki = TestPki::new();
+        let server = SmtpServer::start(ServerScript::with_tls(identity(&pki))).await;
+        let (courier, _dns) =
+            courier_for(&pki, mx_zone(SECURE_DOMAIN, &[(10, MX_HOST)]), &server).await;
+
+        let report = deliver_one(&courier, SECURE_DOMAIN, TlsRequirement::Verified, BODY).await;
+
+        assert_eq!(report.tls, TlsOutcome::Failed, "{words}");
+        assert_eq!(report.tls.to_string(), "failed");
+        let failure = deferred(&report, 0);
+        assert_eq!(
+            failure.detail,
+            format!("TLS handshake failed: {words}"),
+            "{failure}"
+        );
+        assert!(!failure.detail.contains("Other("), "{}", failure.detail);
+    }
+}
+
+#[test]
+fn tls_outcomes_order_from_weakest() {
+    let verified = TlsOutcome::Verified {
+        version: "TLSv1.3".into(),
+    };
+    let unverified = TlsOutcome::Unverified {
+        version: "TLSv1.3".into(),
+    };
+    assert!(TlsOutcome::NotConnected < TlsOutcome::Failed);
+    assert!(TlsOutcome::Failed < TlsOutcome::Plain);
+    assert!(TlsOutcome::Plain < unverified);
+    assert!(unverified < verified);
+}

@@ -147,6 +147,33 @@ impl Server {
         client
     }
 
+    /// Connects from the loopback address `local`, such as `127.0.0.2`, and reads the
+    /// reply to the connection, which is the greeting unless the server rejects it.
+    async fn connect_from(&self, local: &str) -> (Raw<TcpStream>, String) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(local.parse().unwrap(), 0))
+            .unwrap();
+        let stream = socket.connect(self.address).await.unwrap();
+        let mut client = Raw {
+            stream: BufReader::new(stream),
+        };
+        let reply = client.reply().await;
+        (client, reply)
+    }
+
+    /// Connects from `local`, greets and upgrades with STARTTLS.
+    async fn connect_tls_from(
+        &self,
+        local: &str,
+    ) -> Raw<tokio_rustls::client::TlsStream<TcpStream>> {
+        let (mut client, greeting) = self.connect_from(local).await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        client.expect("EHLO client.example.org", "250").await;
+        client.expect("STARTTLS", "220 2.0.0").await;
+        client.upgrade(&self.tls_connector()).await
+    }
+
     /// Connects, greets and upgrades with STARTTLS.
     async fn connect_tls(&self) -> Raw<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut client = self.connect().await;
@@ -694,7 +721,8 @@ async fn session_limit_rejects_extra_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sessions_are_all_stored() {
     const SESSIONS: usize = 50;
-    let server = Arc::new(Server::start().await);
+    let server = Server::start_with(|config| config.inbound.max_sessions_per_client = SESSIONS);
+    let server = Arc::new(server.await);
     let mut tasks = Vec::new();
     for index in 0..SESSIONS {
         let server = server.clone();
@@ -722,4 +750,68 @@ async fn concurrent_sessions_are_all_stored() {
         .collect();
     assert_eq!(replied.len(), SESSIONS);
     assert_eq!(stored, replied);
+}
+
+#[tokio::test]
+async fn client_session_limit_spares_other_clients() {
+    let server = Server::start_with(|config| config.inbound.max_sessions_per_client = 2).await;
+    let mut first = server.connect().await;
+    let _second = server.connect().await;
+
+    let (mut third, reply) = server.connect_from("127.0.0.1").await;
+    assert!(reply.starts_with("421 4.7.0"), "{reply}");
+    assert!(third.closed().await);
+
+    let (mut other, greeting) = server.connect_from("127.0.0.2").await;
+    assert!(greeting.starts_with("220 mx.example.org"), "{greeting}");
+    other.expect("NOOP", "250 2.0.0").await;
+    first.expect("NOOP", "250 2.0.0").await;
+
+    drop(first);
+    // The slot is given back when the session ends, which follows the close shortly.
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let (_client, reply) = server.connect_from("127.0.0.1").await;
+        if reply.starts_with("220 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot not given back: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn auth_failures_count_across_sessions() {
+    let server = Server::start().await;
+    let wrong = base64_plain(USER, "wrong password");
+    let right = base64_plain(USER, PASSWORD);
+
+    let mut client = server.connect_tls().await;
+    client.expect("EHLO client.example.org", "250").await;
+    for _ in 0..3 {
+        client
+            .expect(&format!("AUTH PLAIN {wrong}"), "535 5.7.8")
+            .await;
+    }
+    let closing = client.reply().await;
+    assert!(closing.starts_with("421 4.7.0"), "{closing}");
+
+    // A new session from the same address gets 454 at once, even with the right password.
+    let mut again = server.connect_tls().await;
+    again.expect("EHLO client.example.org", "250").await;
+    let started = Instant::now();
+    again
+        .expect(
+            &format!("AUTH PLAIN {right}"),
+            "454 4.7.0 too many authentication failures, try later",
+        )
+        .await;
+    assert!(started.elapsed() < AUTH_DELAY, "{:?}", started.elapsed());
+
+    // Another address is not affected.
+    let mut other = server.connect_tls_from("127.0.0.2").await;
+    other.expect("EHLO client.example.org", "250").await;
+    other
+        .expect(&format!("AUTH PLAIN {right}"), "235 2.7.0")
+        .await;
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::classify::ClassifyConfig;
 
 pub use units::{ByteSize, ConfigDuration};
-pub use validate::parse_dns_server;
+pub use validate::{is_domain_name, parse_dns_server};
 
 /// The commented example that `sealgate init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");
@@ -87,10 +87,16 @@ pub struct InboundConfig {
     /// Bad commands before the session is closed with `421 4.7.0`. Default: 10.
     pub max_bad_commands: u32,
     /// Failed AUTH attempts before the session is closed. Each failure also waits a
-    /// growing delay before the reply. Default: 3.
+    /// growing delay before the reply. The same number of failures from one IP address
+    /// within `auth_failure_window`, over any sessions, makes AUTH from that address
+    /// answer `454 4.7.0` until the oldest failure leaves the window. Default: 3.
     pub max_auth_failures: u32,
+    /// The period over which AUTH failures from one IP address are counted. Default: `10m`.
+    pub auth_failure_window: ConfigDuration,
     /// Concurrent sessions; more get `421 4.3.2`. Default: 200.
     pub max_sessions: usize,
+    /// Concurrent sessions from one IP address; more get `421 4.7.0`. Default: 20.
+    pub max_sessions_per_client: usize,
     /// SMTP AUTH users. AUTH is offered only after STARTTLS.
     pub users: Vec<SmtpUser>,
 }
@@ -212,7 +218,9 @@ impl Default for InboundConfig {
             data_timeout: ConfigDuration::secs(600),
             max_bad_commands: 10,
             max_auth_failures: 3,
+            auth_failure_window: ConfigDuration::secs(600),
             max_sessions: 200,
+            max_sessions_per_client: 20,
             users: Vec::new(),
         }
     }

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::tls::{describe_handshake_error, protocol_name};
 use super::{DeliveryJob, DeliveryStatus, Failure, RecipientResult, Reply, Stage};
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// The address being talked to.
 pub(crate) struct Peer<'a> {
@@ -78,7 +78,7 @@ pub(crate) async fn connect(
     peer: &Peer<'_>,
     timeouts: Timeouts,
 ) -> Result<SmtpClient<TcpStream>, Failure> {
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), "connecting");
+    debug!(queue_id = peer.queue_id, host = %escape_field(&peer.label), "connecting");
     let mut client = SmtpClient::connect(peer.address, timeouts.connect)
         .await
         .map_err(|error| {
@@ -106,8 +106,8 @@ pub(crate) async fn connect(
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&greeting.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?greeting.to_string(),
         "greeting",
     );
     if !(200..300).contains(&greeting.code) {
@@ -137,7 +137,7 @@ where
         Ok(capabilities) => {
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 capabilities = capabilities.capabilities,
                 "EHLO accepted",
             );
@@ -162,8 +162,8 @@ where
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&rejected.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?rejected.to_string(),
         "EHLO rejected, trying HELO",
     );
     let reply = client
@@ -207,8 +207,8 @@ pub(crate) async fn start_tls(
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        tls_name = %escape(peer.tls_name),
+        host = %escape_field(&peer.label),
+        tls_name = %escape_field(peer.tls_name),
         "TLS handshake",
     );
     match client.into_tls(connector, peer.tls_name).await {
@@ -216,7 +216,7 @@ pub(crate) async fn start_tls(
             let version = protocol_name(client.tls_connection().protocol_version());
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 version,
                 "TLS established",
             );
@@ -226,7 +226,7 @@ pub(crate) async fn start_tls(
             let detail = describe_handshake_error(&error, peer.tls_name);
             debug!(
                 queue_id = peer.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 detail,
                 "TLS handshake failed",
             );
@@ -249,24 +249,18 @@ where
     if let Some(failure) = conversion_failure(peer, job, capabilities) {
         debug!(
             queue_id = peer.queue_id,
-            host = %escape(&peer.label),
+            host = %escape_field(&peer.label),
             detail = failure.detail,
             "message cannot be sent to this next hop",
         );
         return finish_all(job, DeliveryStatus::Bounced(failure));
     }
-    if !is_valid_path(job.sender) {
-        let failure = host_failure(
-            peer,
-            Stage::MailFrom,
-            "invalid sender address".into(),
-            None,
-            "5.1.7",
-        );
+    let Some(sender) = reverse_path(job.sender) else {
+        let failure = unsendable(Stage::MailFrom);
         return finish_all(job, DeliveryStatus::Bounced(failure));
-    }
+    };
 
-    let command = mail_from_command(job, capabilities);
+    let command = mail_from_command(&sender, job, capabilities);
     let reply = match client.cmd(command).await {
         Ok(response) => reply_of(response),
         Err(error) => {
@@ -275,8 +269,8 @@ where
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?reply.to_string(),
         "MAIL FROM",
     );
     if (500..600).contains(&reply.code) {
@@ -315,7 +309,7 @@ where
     {
         debug!(
             queue_id = peer.queue_id,
-            host = %escape(&peer.label),
+            host = %escape_field(&peer.label),
             "no recipient accepted, skipping DATA",
         );
         return finish(job, states, None);
@@ -331,7 +325,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let outcome = client.cmd(b"QUIT\r\n").await;
-    debug!(queue_id = peer.queue_id, host = %escape(&peer.label), ok = outcome.is_ok(), "QUIT");
+    debug!(queue_id = peer.queue_id, host = %escape_field(&peer.label), ok = outcome.is_ok(), "QUIT");
 }
 
 /// Applies the transparency procedure of RFC 5321 §4.5.2 and appends the end of data.
@@ -369,26 +363,20 @@ async fn send_rcpt<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if !is_valid_path(recipient) || recipient.is_empty() {
-        let failure = host_failure(
-            peer,
-            Stage::RcptTo,
-            "invalid recipient address".into(),
-            None,
-            "5.1.3",
-        );
+    let Some(path) = smtp_path(recipient) else {
+        let failure = unsendable(Stage::RcptTo);
         return Ok(RcptState::Done(DeliveryStatus::Bounced(failure)));
-    }
+    };
     let reply = client
-        .cmd(format!("RCPT TO:<{recipient}>\r\n"))
+        .cmd(format!("RCPT TO:<{path}>\r\n"))
         .await
         .map(reply_of)
         .map_err(|error| lost(peer, Stage::RcptTo, "RCPT TO", error))?;
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        recipient = %escape(recipient),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        recipient = %escape_field(recipient),
+        reply = ?reply.to_string(),
         "RCPT TO",
     );
 
@@ -434,7 +422,7 @@ where
 
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
+        host = %escape_field(&peer.label),
         bytes = body.len(),
         "sending message",
     );
@@ -465,8 +453,8 @@ where
     };
     debug!(
         queue_id = peer.queue_id,
-        host = %escape(&peer.label),
-        reply = %escape(&reply.to_string()),
+        host = %escape_field(&peer.label),
+        reply = ?reply.to_string(),
         "end of data",
     );
 
@@ -517,8 +505,12 @@ fn conversion_failure(
     Some(host_failure(peer, Stage::Conversion, detail, None, status))
 }
 
-fn mail_from_command(job: &DeliveryJob<'_>, capabilities: &EhloResponse<String>) -> String {
-    let mut command = format!("MAIL FROM:<{}>", job.sender);
+fn mail_from_command(
+    sender: &str,
+    job: &DeliveryJob<'_>,
+    capabilities: &EhloResponse<String>,
+) -> String {
+    let mut command = format!("MAIL FROM:<{sender}>");
     if job.body_8bit {
         command.push_str(" BODY=8BITMIME");
     }
@@ -532,11 +524,77 @@ fn mail_from_command(job: &DeliveryJob<'_>, capabilities: &EhloResponse<String>)
     command
 }
 
-/// True when an address can be put between `<` and `>` without changing the command.
-fn is_valid_path(address: &str) -> bool {
-    !address
-        .chars()
-        .any(|ch| ch.is_control() || ch == '<' || ch == '>')
+/// Writes an envelope address as the text between `<` and `>` of an SMTP path
+/// (RFC 5321 §4.1.2). The inbound side stores a quoted local part without its quotes, so
+/// a local part that is not a dot-atom is quoted again here, with `\` and `"` escaped.
+/// Returns `None` for an address that no path can carry. That is one without `@`, with an
+/// empty local part or domain, or with a character outside letters, digits and `-._[]:`
+/// in the domain. A control character in the local part also gives `None`, because a
+/// quoted string cannot carry it either.
+pub(crate) fn smtp_path(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || local.chars().any(char::is_control) {
+        return None;
+    }
+    let domain_valid = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|ch| ch.is_alphanumeric() || matches!(ch, '-' | '.' | '_' | '[' | ']' | ':'));
+    if !domain_valid {
+        return None;
+    }
+    if is_dot_atom(local) {
+        return Some(address.to_owned());
+    }
+    let mut path = String::with_capacity(address.len() + 4);
+    path.push('"');
+    for ch in local.chars() {
+        if matches!(ch, '\\' | '"') {
+            path.push('\\');
+        }
+        path.push(ch);
+    }
+    path.push_str("\"@");
+    path.push_str(domain);
+    Some(path)
+}
+
+/// Writes a sender as [`smtp_path`] does, except that the empty null sender is valid.
+pub(crate) fn reverse_path(sender: &str) -> Option<String> {
+    if sender.is_empty() {
+        return Some(String::new());
+    }
+    smtp_path(sender)
+}
+
+/// True for `atext *("." atext)`, where RFC 6531 adds every non-ASCII character to the
+/// atext of RFC 5322 §3.2.3.
+fn is_dot_atom(local: &str) -> bool {
+    let is_atext = |ch: char| {
+        ch.is_ascii_alphanumeric() || !ch.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(ch)
+    };
+    local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+}
+
+/// Builds the failure for an address that sealgate cannot write as an SMTP path. It has
+/// no host, because no next hop saw the address.
+pub(crate) fn unsendable(stage: Stage) -> Failure {
+    let (role, status) = match stage {
+        Stage::MailFrom => ("sender", "5.1.7"),
+        _ => ("recipient", "5.1.3"),
+    };
+    Failure {
+        host: None,
+        stage,
+        detail: format!(
+            "sealgate rejected the {role} address locally because it cannot be written as an \
+             SMTP path, so it was not sent to any next hop"
+        ),
+        reply: None,
+        status: status.to_owned(),
+    }
 }
 
 fn finish_all(job: &DeliveryJob<'_>, status: DeliveryStatus) -> Transaction {
@@ -727,10 +785,30 @@ mod tests {
     }
 
     #[test]
-    fn paths_with_brackets_or_line_breaks_are_invalid() {
-        assert!(is_valid_path("a@example.org"));
-        assert!(is_valid_path(""));
-        assert!(!is_valid_path("a@example.org>\r\nRCPT TO:<b@example.org"));
-        assert!(!is_valid_path("a>@example.org"));
+    fn smtp_path_quotes_non_dot_atoms() {
+        let cases = [
+            ("a.b+tag@example.org", Some("a.b+tag@example.org")),
+            ("j\u{fc}rgen@example.org", Some("j\u{fc}rgen@example.org")),
+            ("sp ace@example.org", Some("\"sp ace\"@example.org")),
+            ("q\"uote@example.org", Some("\"q\\\"uote\"@example.org")),
+            (
+                "back\\slash@example.org",
+                Some("\"back\\\\slash\"@example.org"),
+            ),
+            ("a@b@example.org", Some("\"a@b\"@example.org")),
+            ("a..b@example.org", Some("\"a..b\"@example.org")),
+            ("a>@example.org", Some("\"a>\"@example.org")),
+            ("a@example.org>\r\nRCPT TO:<b@example.org", None),
+            ("a\u{7f}b@example.org", None),
+            ("a@exa mple.org", None),
+            ("a@", None),
+            ("@example.org", None),
+            ("postmaster", None),
+            ("", None),
+        ];
+        for (address, expected) in cases {
+            assert_eq!(smtp_path(address).as_deref(), expected, "{address:?}");
+        }
+        assert_eq!(reverse_path("").as_deref(), Some(""));
     }
 }

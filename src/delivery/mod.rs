@@ -137,6 +137,8 @@ pub enum DeliveryStatus {
 pub enum TlsOutcome {
     /// No connection was made.
     NotConnected,
+    /// STARTTLS was sent but the handshake failed, so no message data was sent.
+    Failed,
     /// Clear text.
     Plain,
     /// Encrypted, certificate not verified.
@@ -211,6 +213,7 @@ impl fmt::Display for TlsOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TlsOutcome::NotConnected => f.write_str("none"),
+            TlsOutcome::Failed => f.write_str("failed"),
             TlsOutcome::Plain => f.write_str("plain"),
             TlsOutcome::Unverified { version } => write!(f, "{version}/unverified"),
             TlsOutcome::Verified { version } => write!(f, "{version}/verified"),

@@ -18,7 +18,7 @@ use tracing::debug;
 use super::{DeliveryError, DeliveryStatus, Failure, Stage};
 use crate::config::{DeliveryConfig, StaticRoute, parse_dns_server};
 use crate::policy::DomainSet;
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// One host to try, with its addresses in the order to try them.
 #[derive(Clone, Debug)]
@@ -115,8 +115,8 @@ impl HopResolver {
         if let Some(route) = self.static_route(domain) {
             debug!(
                 queue_id,
-                domain = %escape(domain),
-                host = %escape(&route.host),
+                domain = %escape_field(domain),
+                host = %escape_field(&route.host),
                 "using static route",
             );
             let hop = self.resolve_route(queue_id, route).await;
@@ -185,8 +185,8 @@ impl HopResolver {
             if host.parse::<IpAddr>().is_ok() {
                 debug!(
                     queue_id,
-                    domain = %escape(domain),
-                    host = %escape(&host),
+                    domain = %escape_field(domain),
+                    host = %escape_field(&host),
                     "skipping MX host: an IP address is not a host name",
                 );
                 continue;
@@ -205,9 +205,9 @@ impl HopResolver {
                     };
                     debug!(
                         queue_id,
-                        domain = %escape(domain),
-                        host = %escape(&host),
-                        reason = %escape(&reason),
+                        domain = %escape_field(domain),
+                        host = %escape_field(&host),
+                        reason = ?reason,
                         "skipping MX host",
                     );
                 }
@@ -223,7 +223,7 @@ impl HopResolver {
         domain: &str,
         name: Name,
     ) -> Result<Vec<NextHop>, Box<DeliveryStatus>> {
-        debug!(queue_id, domain = %escape(domain), "no MX records, using the domain's addresses");
+        debug!(queue_id, domain = %escape_field(domain), "no MX records, using the domain's addresses");
         match self.addresses(name).await {
             Ok(addresses) => Ok(vec![NextHop {
                 name: domain.to_owned(),
@@ -263,7 +263,7 @@ impl HopResolver {
                     Err(_) => {
                         debug!(
                             queue_id,
-                            host = %escape(&route.host),
+                            host = %escape_field(&route.host),
                             "skipping static route host: no address found",
                         );
                         return None;
@@ -325,7 +325,7 @@ fn is_not_found(error: &NetError) -> bool {
 /// Parses a name as fully qualified, so that resolv.conf search domains are never added.
 fn fqdn(name: &str) -> Result<Name, String> {
     let name = name.trim_end_matches('.');
-    Name::from_ascii(format!("{name}.")).map_err(|error| error.to_string())
+    Name::from_utf8(format!("{name}.")).map_err(|error| error.to_string())
 }
 
 fn display_name(name: &Name) -> String {
@@ -419,5 +419,11 @@ mod tests {
     fn fqdn_adds_one_trailing_dot() {
         assert!(fqdn("example.org").unwrap().is_fqdn());
         assert_eq!(fqdn("example.org.").unwrap().to_ascii(), "example.org.");
+    }
+
+    #[test]
+    fn fqdn_converts_u_labels_to_a_labels() {
+        let name = fqdn("b\u{fc}cher.example").unwrap();
+        assert_eq!(name.to_ascii(), "xn--bcher-kva.example.");
     }
 }

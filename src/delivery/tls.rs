@@ -105,7 +105,8 @@ pub(crate) fn protocol_name(version: Option<ProtocolVersion>) -> String {
     }
 }
 
-/// Describes a failed handshake in the words an operator searches for.
+/// Describes a failed handshake in the words an operator searches for, such as
+/// `TLS handshake failed: certificate expired`, never as Rust debug output.
 pub(crate) fn describe_handshake_error(error: &mail_send::Error, tls_name: &str) -> String {
     let mail_send::Error::Tls(error) = error else {
         return match error {
@@ -117,21 +118,65 @@ pub(crate) fn describe_handshake_error(error: &mail_send::Error, tls_name: &str)
     let rustls::Error::InvalidCertificate(certificate) = error.as_ref() else {
         return format!("TLS handshake failed: {error}");
     };
-    match certificate {
+    format!(
+        "TLS handshake failed: {}",
+        describe_certificate_error(certificate, tls_name)
+    )
+}
+
+fn describe_certificate_error(error: &CertificateError, tls_name: &str) -> String {
+    let text = match error {
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "certificate expired".into()
+            "certificate expired"
         }
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            "certificate not yet valid".into()
+            "certificate not yet valid"
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            format!("certificate not valid for name {tls_name}")
+            return format!("certificate not valid for name {tls_name}");
         }
-        CertificateError::UnknownIssuer => "unknown issuer".into(),
-        CertificateError::Revoked => "certificate revoked".into(),
-        CertificateError::BadSignature => "bad certificate signature".into(),
-        other => format!("invalid certificate: {other:?}"),
+        CertificateError::UnknownIssuer => "unknown issuer",
+        CertificateError::Revoked => "certificate revoked",
+        CertificateError::BadSignature => "bad certificate signature",
+        CertificateError::BadEncoding => "certificate encoding invalid",
+        CertificateError::UnhandledCriticalExtension => "unhandled critical extension",
+        CertificateError::UnknownRevocationStatus => "unknown revocation status",
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => "revocation list expired",
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "unsupported certificate signature algorithm"
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "certificate not valid for TLS server authentication"
+        }
+        CertificateError::InvalidOcspResponse => "invalid OCSP response",
+        CertificateError::ApplicationVerificationFailure => "certificate verification failed",
+        // rustls-webpki 0.103 displays the errors that rustls does not map as variant names.
+        CertificateError::Other(other) => {
+            return match other.0.to_string().as_str() {
+                "CaUsedAsEndEntity" => "CA certificate used as the server certificate".into(),
+                "EndEntityUsedAsCa" => "server certificate used as a CA".into(),
+                name => format!("invalid certificate: {}", words_of(name)),
+            };
+        }
+        other => return format!("invalid certificate: {}", words_of(&format!("{other:?}"))),
+    };
+    text.to_owned()
+}
+
+/// Turns a variant name such as `PathLenConstraintViolated` into lowercase words
+/// (`path len constraint violated`), dropping any fields in brackets.
+fn words_of(name: &str) -> String {
+    let name = name.split(['(', ' ', '{']).next().unwrap_or(name);
+    let mut words = String::with_capacity(name.len() + 8);
+    for (index, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() && index > 0 {
+            words.push(' ');
+        }
+        words.push(ch.to_ascii_lowercase());
     }
+    words
 }
 
 /// A verifier for opportunistic TLS (RFC 7435): any certificate is accepted, but the
@@ -173,5 +218,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_are_described_in_words() {
+        let cases = [
+            (CertificateError::UnknownIssuer, "unknown issuer"),
+            (CertificateError::Expired, "certificate expired"),
+            (
+                CertificateError::NotValidForName,
+                "certificate not valid for name mx.example.org",
+            ),
+            (
+                CertificateError::Other(rustls::OtherError(std::sync::Arc::new(
+                    std::io::Error::other("PathLenConstraintViolated"),
+                ))),
+                "invalid certificate: path len constraint violated",
+            ),
+        ];
+        for (error, expected) in cases {
+            let error = mail_send::Error::Tls(Box::new(rustls::Error::InvalidCertificate(error)));
+            let detail = describe_handshake_error(&error, "mx.example.org");
+            assert_eq!(detail, format!("TLS handshake failed: {expected}"));
+        }
     }
 }

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::policy::TlsRequirement;
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// Delivers one job and reports a result per recipient. Implementations must not panic on
 /// peer input and must return exactly one result per recipient, in job order.
@@ -87,18 +87,42 @@ impl SmtpCourier {
         };
         debug!(
             queue_id = job.queue_id,
-            domain = %escape(job.domain),
+            domain = %escape_field(job.domain),
             tls = ?job.tls,
             recipients = job.recipients.len(),
             "delivery attempt",
         );
+
+        // An envelope that cannot be written as SMTP paths bounces here, before any
+        // lookup or connection, with no host named in the failure.
+        let unsendable_stage = if client::reverse_path(job.sender).is_none() {
+            Some(Stage::MailFrom)
+        } else if job
+            .recipients
+            .iter()
+            .all(|recipient| client::smtp_path(recipient).is_none())
+        {
+            Some(Stage::RcptTo)
+        } else {
+            None
+        };
+        if let Some(stage) = unsendable_stage {
+            let status = DeliveryStatus::Bounced(client::unsendable(stage));
+            return report(
+                job,
+                None,
+                TlsOutcome::NotConnected,
+                &clock,
+                same_for_all(job, status),
+            );
+        }
 
         let hops = match self.hops.next_hops(job.queue_id, job.domain).await {
             Ok(hops) => hops,
             Err(status) => {
                 debug!(
                     queue_id = job.queue_id,
-                    domain = %escape(job.domain),
+                    domain = %escape_field(job.domain),
                     status = status.dsn_code(),
                     "no next hop",
                 );
@@ -132,9 +156,9 @@ impl SmtpCourier {
                     AddressOutcome::Failed(failure, outcome) => {
                         debug!(
                             queue_id = job.queue_id,
-                            host = %escape(&peer.label),
+                            host = %escape_field(&peer.label),
                             stage = %failure.stage,
-                            detail = %escape(&failure.to_string()),
+                            detail = ?failure.to_string(),
                             "host failed",
                         );
                         tls = outcome;
@@ -178,7 +202,7 @@ impl SmtpCourier {
         if job.tls == TlsRequirement::Verified && !offers_starttls {
             debug!(
                 queue_id = job.queue_id,
-                host = %escape(&peer.label),
+                host = %escape_field(&peer.label),
                 "STARTTLS not offered, verified TLS required",
             );
             let failure = client::tls_failure(peer, "STARTTLS not offered".into(), None);
@@ -218,7 +242,7 @@ impl SmtpCourier {
                 TlsRequirement::Opportunistic => {
                     debug!(
                         queue_id = job.queue_id,
-                        host = %escape(&peer.label),
+                        host = %escape_field(&peer.label),
                         "STARTTLS rejected, continuing in clear text",
                     );
                     self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
@@ -226,7 +250,7 @@ impl SmtpCourier {
                 }
             },
             StartTls::HandshakeFailed(failure) => match job.tls {
-                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Plain),
+                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Failed),
                 TlsRequirement::Opportunistic => {
                     self.retry_in_clear(job, peer, failure, clock).await
                 }
@@ -245,8 +269,8 @@ impl SmtpCourier {
     ) -> AddressOutcome {
         debug!(
             queue_id = job.queue_id,
-            host = %escape(&peer.label),
-            detail = %escape(&tls_failure.detail),
+            host = %escape_field(&peer.label),
+            detail = ?tls_failure.detail,
             "TLS handshake failed, reconnecting in clear text",
         );
         let (plain, capabilities) = match self.open(peer).await {
@@ -340,7 +364,7 @@ fn report(
 ) -> AttemptReport {
     debug!(
         queue_id = job.queue_id,
-        relay = ?relay.as_deref().map(escape),
+        relay = %relay.as_deref().map_or_else(|| "none".to_owned(), escape_field),
         tls = %tls,
         "delivery attempt finished",
     );

@@ -2,8 +2,13 @@
 //!
 //! Passwords are checked against the Argon2 PHC strings in `inbound.users`. Each failure
 //! waits longer before its `535` (the base delay doubles per failure), and the failure that
-//! reaches `max_auth_failures` closes the session. The AUTH payload and the password are
-//! never logged; the user name is logged escaped.
+//! reaches `max_auth_failures` closes the session. Failures are also counted per client IP
+//! address over all its sessions. Once that count reaches `max_auth_failures` within
+//! `auth_failure_window`, AUTH gets `454 4.7.0` without a password check. The AUTH payload
+//! and the password are never logged, and the user name is logged with its field
+//! delimiters escaped.
+
+use std::time::Instant;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
@@ -14,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Connection, Line};
 use super::reply::{self, Reply};
 use super::session::{Session, State, Step};
-use crate::telemetry::escape;
+use crate::telemetry::escape_field;
 
 /// Credentials decoded from the client, before they are checked.
 struct Credentials {
@@ -44,6 +49,25 @@ impl Session {
         if let Some(reply) = self.auth_precondition() {
             return self.send(connection, reply);
         }
+        // Checked before the exchange, so a blocked client costs no Argon2 run.
+        if self
+            .context
+            .clients
+            .auth_blocked(self.peer.ip(), Instant::now())
+        {
+            let suppressed = self
+                .context
+                .auth_limit_log
+                .admit(self.peer.ip(), Instant::now());
+            if let Some(suppressed) = suppressed {
+                tracing::warn!(
+                    suppressed,
+                    "too many AUTH failures from this client, rejecting AUTH"
+                );
+            }
+            let text = "too many authentication failures, try later";
+            return self.send(connection, Reply::new(454, "4.7.0", text));
+        }
 
         let exchange = match mechanism {
             AUTH_PLAIN => self.exchange_plain(connection, initial_response).await,
@@ -57,15 +81,19 @@ impl Session {
         };
 
         if self.verify(&credentials).await {
-            tracing::info!(user = %escape(&credentials.user), "authenticated");
+            tracing::info!(user = %escape_field(&credentials.user), "authenticated");
+            self.context.clients.clear_auth_failures(self.peer.ip());
             self.auth_user = Some(credentials.user);
             connection.queue(&Reply::new(235, "2.7.0", "Authentication successful"));
             return Step::Continue;
         }
 
         self.auth_failures += 1;
+        self.context
+            .clients
+            .record_auth_failure(self.peer.ip(), Instant::now());
         tracing::warn!(
-            user = %escape(&credentials.user),
+            user = %escape_field(&credentials.user),
             failures = self.auth_failures,
             "authentication failed"
         );

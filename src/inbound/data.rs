@@ -12,7 +12,7 @@ use super::connection::Connection;
 use super::reply::{self, Reply};
 use super::session::{Greeting, Session, State, Step, Transaction};
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address};
-use crate::telemetry::{MAIL_LOG, escape};
+use crate::telemetry::{MAIL_LOG, escape_field};
 
 /// Defects that make received data unacceptable. The reader still reads on to the end of data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,11 +23,13 @@ pub(crate) struct Flaws {
     pub(crate) line_too_long: bool,
     /// More bytes than the message size limit.
     pub(crate) too_big: bool,
+    /// A NUL byte, which RFC 5322 message text does not allow.
+    pub(crate) nul_byte: bool,
 }
 
 impl Flaws {
     pub(crate) fn any(&self) -> bool {
-        self.bare_line_break || self.line_too_long || self.too_big
+        self.bare_line_break || self.line_too_long || self.too_big || self.nul_byte
     }
 }
 
@@ -111,6 +113,10 @@ impl DataDecoder {
             b'\n' => {
                 // A bare LF does not start a new line, so a following dot is text.
                 self.flaws.bare_line_break = true;
+                self.position = Position::Text;
+            }
+            0 => {
+                self.flaws.nul_byte = true;
                 self.position = Position::Text;
             }
             _ => {
@@ -197,6 +203,10 @@ impl Session {
         if flaws.bare_line_break {
             let text = "Bare CR or LF not allowed; lines must end with CRLF";
             return Some(Reply::new(550, "5.6.0", text));
+        }
+        if flaws.nul_byte {
+            let text = "NUL bytes are not allowed in a message";
+            return Some(Reply::new(554, "5.6.0", text));
         }
         if flaws.too_big {
             let limit = inbound.max_message_size.0;
@@ -289,18 +299,18 @@ impl Session {
 
 /// The mail log line written at acceptance, in Postfix's layout, with peer text escaped:
 /// `ID: queued from=<sender>, size=N, nrcpt=N, client=helo[ip]:port, tls=..., auth=...`.
-fn acceptance_line(
+pub(super) fn acceptance_line(
     id: &QueueId,
     sender: &str,
     size: usize,
     nrcpt: usize,
     client: &ClientInfo,
 ) -> String {
-    let auth = client.auth_user.as_deref().map(escape);
+    let auth = client.auth_user.as_deref().map(escape_field);
     format!(
         "{id}: queued from={}, size={size}, nrcpt={nrcpt}, client={}[{}]:{}, tls={}, auth={}",
         display_address(sender),
-        escape(&client.helo),
+        escape_field(&client.helo),
         client.addr.ip(),
         client.addr.port(),
         client.tls.as_deref().unwrap_or("none"),

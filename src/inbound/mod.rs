@@ -9,7 +9,9 @@
 mod auth;
 mod connection;
 mod data;
+mod limits;
 mod mail;
+mod path;
 mod reply;
 mod session;
 
@@ -18,7 +20,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -29,6 +31,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::queue::Spool;
 use connection::Connection;
+use limits::{ClientLimits, RejectionLog};
 use reply::Reply;
 use session::{Session, Step};
 
@@ -39,13 +42,19 @@ const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
 /// does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// Shared state of all inbound sessions: config, TLS acceptor, spool and the session limit.
+/// Shared state of all inbound sessions: config, TLS acceptor, spool, and the global and
+/// per-client limits.
 pub struct InboundContext {
     config: Arc<Config>,
     tls: Option<TlsAcceptor>,
     spool: Spool,
     sessions: Arc<Semaphore>,
+    clients: Arc<ClientLimits>,
     auth_failure_delay: Duration,
+    /// Rate limits for the log lines about clients rejected at connect or at AUTH.
+    session_limit_log: RejectionLog,
+    client_limit_log: RejectionLog,
+    auth_limit_log: RejectionLog,
 }
 
 impl InboundContext {
@@ -53,12 +62,17 @@ impl InboundContext {
     /// AUTH are not offered.
     pub fn new(config: Arc<Config>, tls: Option<TlsAcceptor>, spool: Spool) -> InboundContext {
         let sessions = Arc::new(Semaphore::new(config.inbound.max_sessions));
+        let clients = Arc::new(ClientLimits::new(&config.inbound));
         InboundContext {
             config,
             tls,
             spool,
             sessions,
+            clients,
             auth_failure_delay: AUTH_FAILURE_DELAY,
+            session_limit_log: RejectionLog::new(),
+            client_limit_log: RejectionLog::new(),
+            auth_limit_log: RejectionLog::new(),
         }
     }
 
@@ -70,8 +84,10 @@ impl InboundContext {
     }
 }
 
-/// Accepts connections forever, one task per session. Clients beyond
-/// `inbound.max_sessions` get `421 4.3.2` and are disconnected.
+/// Accepts connections forever, one task per session. A client with
+/// `inbound.max_sessions_per_client` sessions already gets `421 4.7.0`, and any client
+/// beyond `inbound.max_sessions` gets `421 4.3.2`; both are then disconnected. Each kind
+/// of rejection is logged at most once a minute per client, with the number left out.
 pub async fn serve(listener: TcpListener, context: Arc<InboundContext>) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "SMTP listener started");
@@ -86,14 +102,32 @@ pub async fn serve(listener: TcpListener, context: Arc<InboundContext>) {
             }
         };
         let span = tracing::info_span!("smtp.session", %peer);
+        let Some(slot) = context.clients.try_acquire(peer.ip()) else {
+            if let Some(suppressed) = context.client_limit_log.admit(peer.ip(), Instant::now()) {
+                tracing::warn!(
+                    parent: &span,
+                    limit = context.config.inbound.max_sessions_per_client,
+                    suppressed,
+                    "per-client session limit reached, rejecting"
+                );
+            }
+            let text = "Too many connections from your address, try again later";
+            reject(stream, Reply::new(421, "4.7.0", text));
+            continue;
+        };
         let Ok(permit) = context.sessions.clone().try_acquire_owned() else {
-            tracing::warn!(parent: &span, "session limit reached, rejecting");
-            tokio::spawn(async move {
-                let mut connection = Connection::new(stream);
-                let reply = Reply::new(421, "4.3.2", "Too many connections, try again later");
-                connection.queue(&reply);
-                connection.close().await;
-            });
+            if let Some(suppressed) = context.session_limit_log.admit(peer.ip(), Instant::now()) {
+                tracing::warn!(
+                    parent: &span,
+                    limit = context.config.inbound.max_sessions,
+                    suppressed,
+                    "session limit reached, rejecting"
+                );
+            }
+            reject(
+                stream,
+                Reply::new(421, "4.3.2", "Too many connections, try again later"),
+            );
             continue;
         };
         let context = context.clone();
@@ -101,10 +135,20 @@ pub async fn serve(listener: TcpListener, context: Arc<InboundContext>) {
             async move {
                 run_session(stream, peer, context).await;
                 drop(permit);
+                drop(slot);
             }
             .instrument(span),
         );
     }
+}
+
+/// Sends `reply` to a client that is not given a session, and closes the connection.
+fn reject(stream: tokio::net::TcpStream, reply: Reply) {
+    tokio::spawn(async move {
+        let mut connection = Connection::new(stream);
+        connection.queue(&reply);
+        connection.close().await;
+    });
 }
 
 /// Runs one SMTP session on `stream` from greeting to close, including the STARTTLS

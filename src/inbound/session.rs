@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::InboundContext;
 use super::connection::{Connection, Line};
+use super::path::PathCommand;
 use super::reply::{self, Reply};
 
 /// Progress of a session through the protocol. The transitions are in [`Session::dispatch`] and the handlers it
@@ -148,6 +149,11 @@ impl Session {
             return self.send(connection, reply);
         }
 
+        if let Some(command) = PathCommand::of(line)
+            && let Some(reply) = self.check_path_text(command, line)
+        {
+            return self.send(connection, reply);
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(error) => {
@@ -168,11 +174,11 @@ impl Session {
                     .await
             }
             Request::Mail { from } => {
-                let reply = self.handle_mail_from(from);
+                let reply = self.handle_mail_from(from, line);
                 self.send(connection, reply)
             }
             Request::Rcpt { to } => {
-                let reply = self.handle_rcpt_to(to);
+                let reply = self.handle_rcpt_to(to, line);
                 self.send(connection, reply)
             }
             Request::Data => self.handle_data(connection).await,
@@ -312,7 +318,7 @@ fn command_name(line: &[u8]) -> String {
         .take(16)
         .copied()
         .collect();
-    crate::telemetry::escape_bytes(&verb)
+    crate::telemetry::escape_field(&String::from_utf8_lossy(&verb))
 }
 
 fn parse_error_reply(error: ParseError) -> Reply {

@@ -321,7 +321,7 @@ async fn rejects_invalid_addresses() {
     client
         .expect("RCPT TO:<bob..x@example.net>", "501 5.1.3")
         .await;
-    client.expect("RCPT TO:<>", "550 5.1.3").await;
+    client.expect("RCPT TO:<>", "501 5.1.3").await;
 }
 
 #[tokio::test]
@@ -637,4 +637,220 @@ async fn pipelined_commands_get_replies_in_order() {
         );
     }
     client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
+}
+
+/// Counts the fields named `name=` in a mail log line.
+fn field_count(line: &str, name: &str) -> usize {
+    line.match_indices(&format!("{name}=")).count()
+}
+
+#[test]
+fn acceptance_line_resists_forged_fields() {
+    let client = crate::envelope::ClientInfo {
+        addr: "127.0.0.1:40000".parse().unwrap(),
+        helo: "fake.host[10.0.0.1]:25, tls=TLSv1.3/verified".into(),
+        tls: None,
+        auth_user: Some("mta failures=0, auth=admin".into()),
+    };
+    let id = crate::envelope::QueueId::parse("0123456789ABCDEF").unwrap();
+    let sender = "\"x>, relay=mx.nhs.net[1.2.3.4]:25, status=sent\"@partner.example";
+
+    let line = super::data::acceptance_line(&id, sender, 120, 1, &client);
+
+    for field in ["from", "client", "tls", "auth", "relay", "status"] {
+        let expected = usize::from(!matches!(field, "relay" | "status"));
+        assert_eq!(field_count(&line, field), expected, "{field}= in {line}");
+    }
+    assert!(
+        line.contains(
+            "client=fake.host[10.0.0.1]:25\\x2c\\x20tls\\x3dTLSv1.3/verified[127.0.0.1]:40000, "
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn display_address_cannot_end_its_field() {
+    let forged = "\"x>, relay=mx.nhs.net[1.2.3.4]:25, status=sent\"@partner.example";
+
+    let shown = crate::envelope::display_address(forged);
+
+    assert_eq!(shown.matches('>').count(), 1, "{shown}");
+    assert!(shown.ends_with("@partner.example>"), "{shown}");
+    assert!(!shown.contains(", "), "{shown}");
+    assert!(!shown.contains('='), "{shown}");
+}
+
+#[tokio::test]
+async fn rejects_nul_byte_in_data() {
+    let payloads: &[&[u8]] = &[
+        b"Subject: a\r\n\r\nx\x00y\r\n.\r\n",
+        b"Subject: a\r\n\r\nx\r\n.\x00\r\n.\r\n",
+    ];
+    for payload in payloads {
+        let mut client = Client::start(config()).await;
+        client.open_transaction("bob@example.net").await;
+        client.expect("DATA", "354").await;
+        client.send(payload).await;
+        let reply = client.reply().await;
+        let shown = String::from_utf8_lossy(payload);
+        assert!(reply.starts_with("554 5.6.0"), "{shown:?}: {reply}");
+        client.expect("NOOP", "250 2.0.0").await;
+        assert!(client.messages().is_empty(), "{shown:?} stored a message");
+    }
+}
+
+#[tokio::test]
+async fn postmaster_sender_is_not_null_sender() {
+    let mut client = Client::start(config()).await;
+    client.expect("EHLO client.example.org", "250").await;
+    for sender in ["<postmaster>", "<PostMaster>"] {
+        client
+            .expect(&format!("MAIL FROM:{sender}"), "501 5.1.7")
+            .await;
+    }
+    client.expect("MAIL FROM:<alice>", "501 5.1.7").await;
+    client
+        .expect("MAIL FROM:<>", "250 2.1.0 Sender <> ok")
+        .await;
+}
+
+#[tokio::test]
+async fn postmaster_recipient_is_configured_postmaster() {
+    let mut config = config();
+    config.server.postmaster = "hostmaster@trust.example".into();
+    let mut client = Client::start(config).await;
+    client.expect("EHLO client.example.org", "250").await;
+    client.expect("MAIL FROM:<alice@example.org>", "250").await;
+    client
+        .expect(
+            "RCPT TO:<POSTMASTER>",
+            "250 2.1.5 Recipient <hostmaster@trust.example> ok",
+        )
+        .await;
+    client.expect("RCPT TO:<bob>", "501 5.1.3").await;
+    client.expect("DATA", "354").await;
+    client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
+
+    let store = Store::open(&client.database).unwrap();
+    let id = client.messages()[0].id.clone();
+    let recipients = store.recipients(&id).unwrap();
+    let addresses: Vec<&str> = recipients.iter().map(|row| row.address.as_str()).collect();
+    assert_eq!(addresses, ["hostmaster@trust.example"]);
+}
+
+#[tokio::test]
+async fn rejects_invalid_domains() {
+    let mut config = config();
+    config.inbound.max_bad_commands = 100;
+    let mut client = Client::start(config).await;
+    client.expect("EHLO client.example.org", "250").await;
+    for domain in ["", "-bad-.example", ".example", "exa mple", "a_b..example"] {
+        client
+            .expect(&format!("MAIL FROM:<x@{domain}>"), "501 5.1.7")
+            .await;
+    }
+    client.expect("MAIL FROM:<alice@example.org>", "250").await;
+    for domain in ["", "-bad-.example", ".example", "exa mple", "[192.0.2.300]"] {
+        client
+            .expect(&format!("RCPT TO:<x@{domain}>"), "501 5.1.3")
+            .await;
+    }
+    client.expect("DATA", "554 5.5.1").await;
+}
+
+#[tokio::test]
+async fn rejects_address_literals_at_rcpt() {
+    let mut client = Client::start(config()).await;
+    client.expect("EHLO client.example.org", "250").await;
+    client
+        .expect("MAIL FROM:<alice@[192.0.2.1]>", "550 5.1.8")
+        .await;
+    client.expect("MAIL FROM:<alice@example.org>", "250").await;
+    client
+        .expect("RCPT TO:<bob@[192.0.2.1]>", "550 5.1.2")
+        .await;
+    client
+        .expect("RCPT TO:<bob@[IPv6:2001:db8::1]>", "550 5.1.2")
+        .await;
+}
+
+#[tokio::test]
+async fn accepts_utf8_domain_under_smtputf8() {
+    let mut client = Client::start(config()).await;
+    client.expect("EHLO client.example.org", "250").await;
+    client
+        .expect("MAIL FROM:<alice@example.org> SMTPUTF8", "250")
+        .await;
+    client
+        .expect("RCPT TO:<jürgen@bücher.example>", "250 2.1.5")
+        .await;
+    client
+        .expect("RCPT TO:<bob@nhs\u{3002}net>", "501 5.1.3")
+        .await;
+}
+
+#[tokio::test]
+async fn rejects_invalid_utf8_in_address() {
+    let mut client = Client::start(config()).await;
+    client.expect("EHLO client.example.org", "250").await;
+    client.send(b"MAIL FROM:<\xff\xfea@example.org>\r\n").await;
+    let reply = client.reply().await;
+    assert!(reply.starts_with("553 5.6.7"), "{reply}");
+    client
+        .expect("MAIL FROM:<alice@example.org> SMTPUTF8", "250")
+        .await;
+    for recipient in [&b"\xff\xfeinvalid@example.net"[..], b"bob@ex\xc3ample.net"] {
+        let mut line = b"RCPT TO:<".to_vec();
+        line.extend_from_slice(recipient);
+        line.extend_from_slice(b">\r\n");
+        client.send(&line).await;
+        let reply = client.reply().await;
+        assert!(reply.starts_with("553 5.6.7"), "{reply}");
+    }
+    client.expect("DATA", "554 5.5.1").await;
+}
+
+#[tokio::test]
+async fn rejects_control_characters_in_address() {
+    let mut client = Client::start(config()).await;
+    client.expect("EHLO client.example.org", "250").await;
+    client
+        .expect("MAIL FROM:<\"a\u{1}b\"@example.org>", "501 5.1.7")
+        .await;
+    client.expect("MAIL FROM:<alice@example.org>", "250").await;
+    client
+        .expect("RCPT TO:<\"a\u{7f}b\"@example.net>", "501 5.1.3")
+        .await;
+}
+
+#[tokio::test]
+async fn size_parameter_values() {
+    let mut config = config();
+    config.inbound.max_message_size = crate::config::ByteSize(10_000);
+    let mut client = Client::start(config).await;
+    client.expect("EHLO client.example.org", "250").await;
+    for size in [
+        "99999999999999999999999",
+        "18446744073709551615",
+        "4294967296",
+    ] {
+        client
+            .expect(
+                &format!("MAIL FROM:<alice@example.org> SIZE={size}"),
+                "552 5.3.4",
+            )
+            .await;
+    }
+    for size in ["", "12x", "-1"] {
+        client
+            .expect(
+                &format!("MAIL FROM:<alice@example.org> SIZE={size}"),
+                "501 5.5.4",
+            )
+            .await;
+    }
+    client
+        .expect("MAIL FROM:<alice@example.org> SIZE=9999", "250 2.1.0")
+        .await;
 }

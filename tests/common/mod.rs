@@ -139,6 +139,20 @@ impl TestPki {
         )
     }
 
+    /// Issues a certificate for `name`, signed by the CA, that is itself marked as a CA,
+    /// which a server must not present as its own certificate.
+    pub fn ca_flagged(&self, name: &str) -> ServerIdentity {
+        self.issue(
+            name,
+            "ca-flagged",
+            |mut params| {
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params
+            },
+            true,
+        )
+    }
+
     /// Makes a self-signed certificate for `name`, which no trust anchor covers.
     pub fn self_signed(&self, name: &str) -> ServerIdentity {
         self.issue(name, "self-signed", |params| params, false)

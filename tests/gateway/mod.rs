@@ -167,6 +167,8 @@ keys_dir = "{keys}"
 
 [inbound]
 listen = ["127.0.0.1:0"]
+# Some tests open up to 40 sessions at once, all from 127.0.0.1.
+max_sessions_per_client = 50
 
 [queue]
 retry_schedule = ["1s"]
