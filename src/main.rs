@@ -312,7 +312,9 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
                     .filter(|row| {
                         matches!(
                             row.state,
-                            RecipientState::Incoming | RecipientState::Pending
+                            RecipientState::Incoming
+                                | RecipientState::Pending
+                                | RecipientState::Held
                         )
                     })
                     .map(|row| display_address(&row.address))

@@ -315,9 +315,8 @@ impl Config {
         })?;
         let mut config = Config::parse(&text, path)?;
         if let Some(folder) = path.parent() {
-            let resolve = |relative: &Path| {
-                folder.join(relative.strip_prefix("./").unwrap_or(relative))
-            };
+            let resolve =
+                |relative: &Path| folder.join(relative.strip_prefix("./").unwrap_or(relative));
             config.server.data_dir = resolve(&config.server.data_dir);
             config.server.keys_dir = resolve(&config.server.keys_dir);
         }

@@ -63,6 +63,7 @@ impl Config {
                 1 << 20,
             ),
             ("inbound.max_sessions", inbound.max_sessions, 1, 100_000),
+            ("inbound.max_sessions_per_client", inbound.max_sessions_per_client, 1, 100_000),
             ("delivery.concurrency", self.delivery.concurrency, 1, 10_000),
         ] {
             if value < min || value > max {
@@ -72,6 +73,13 @@ impl Config {
                     &format!("must be between {min} and {max}"),
                 );
             }
+        }
+        if inbound.auth_failure_window.0.is_zero() {
+            return invalid(
+                "inbound.auth_failure_window".into(),
+                quote(&inbound.auth_failure_window.to_string()),
+                "must not be 0",
+            );
         }
         let mut listen_seen = std::collections::HashSet::new();
         for (index, address) in inbound.listen.iter().enumerate() {

@@ -186,7 +186,11 @@ impl Router {
         let reason = if classification.matches.is_empty() {
             reason
         } else {
-            let rules: Vec<String> = classification.matches.iter().map(|m| m.to_string()).collect();
+            let rules: Vec<String> = classification
+                .matches
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
             format!("sensitive ({}); {reason}", rules.join("; "))
         };
         let recipient = RoutedRecipient {
@@ -313,7 +317,10 @@ mod tests {
     #[test]
     fn forced_tls_requires_verification() {
         assert!(Route::ForcedTls.tls_requirement() > Route::Opportunistic.tls_requirement());
-        assert_eq!(Route::Smime.tls_requirement(), Some(TlsRequirement::Opportunistic));
+        assert_eq!(
+            Route::Smime.tls_requirement(),
+            Some(TlsRequirement::Opportunistic)
+        );
         assert!(Route::Portal.is_held());
         assert!(Route::Review.is_held());
     }
@@ -355,11 +362,26 @@ mod tests {
             let (route, recipient) =
                 router.route_classified(address, &classification, &KnownCertificate);
             assert_eq!(route, expected, "{address}");
-            assert!(recipient.reason.starts_with("sensitive (subject-tag in subject"), "{}", recipient.reason);
+            assert!(
+                recipient
+                    .reason
+                    .starts_with("sensitive (subject-tag in subject"),
+                "{}",
+                recipient.reason
+            );
         }
-        let (_, portal) =
-            router.route_classified("sam.patient@mailbox.example", &classification, &KnownCertificate);
-        assert!(portal.reason.contains("no certificate for sam.patient@mailbox.example"), "{}", portal.reason);
+        let (_, portal) = router.route_classified(
+            "sam.patient@mailbox.example",
+            &classification,
+            &KnownCertificate,
+        );
+        assert!(
+            portal
+                .reason
+                .contains("no certificate for sam.patient@mailbox.example"),
+            "{}",
+            portal.reason
+        );
     }
 
     #[test]
@@ -375,8 +397,11 @@ mod tests {
     #[test]
     fn unclassified_mail_ignores_certificates() {
         let router = router(&["nhs.net"]);
-        let (route, _) =
-            router.route_classified("bob@partner.example", &Classification::default(), &KnownCertificate);
+        let (route, _) = router.route_classified(
+            "bob@partner.example",
+            &Classification::default(),
+            &KnownCertificate,
+        );
         assert_eq!(route, Route::Opportunistic);
     }
 }
