@@ -435,7 +435,9 @@ async fn mixed_recipients_are_split_per_route() {
     );
     let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
 
-    let sample = std::fs::read_to_string("tests/fixtures/samples/06-mixed-recipients.eml").unwrap();
+    // Not sensitive, so only the domains decide the routes.
+    let sample =
+        std::fs::read_to_string("tests/fixtures/samples/05-newsletter-not-sensitive.eml").unwrap();
     let id = send(
         gateway.smtp,
         "ada.lovell@clinic.example.org",
@@ -740,4 +742,74 @@ fn closed_output_pipe_ends_quietly() {
     let output = Command::new("sh").args(["-c", &script]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_mail_without_certificate_never_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let secure = SmtpServer::start(ServerScript::with_tls(pki.server("mx.trust.nhs.test"))).await;
+    let ordinary = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "{}{}{}",
+        trust_test_ca(&pki, dir.path()),
+        verified_route_to("trust.nhs.net", secure.port(), "mx.trust.nhs.test"),
+        route_to("*", ordinary.port()),
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let sample = std::fs::read_to_string("tests/fixtures/samples/06-mixed-recipients.eml").unwrap();
+    let id = send(
+        gateway.smtp,
+        "ada.lovell@clinic.example.org",
+        &["referrals@trust.nhs.net", "sam.patient@mailbox.example"],
+        sample,
+    )
+    .await;
+
+    let delivered = secure.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(delivered.len(), 1, "log:\n{}", gateway.log());
+    let data = String::from_utf8_lossy(&delivered[0].data);
+    assert!(
+        data.contains("Subject: Discharge summary"),
+        "the [secure] tag is removed: {data}"
+    );
+    assert!(!data.contains("[secure]"), "{data}");
+
+    let held = gateway
+        .wait_for_log(
+            &format!("{id}: to=<sam.patient@mailbox.example>, route=portal"),
+            Duration::from_secs(5),
+        )
+        .expect("portal route line");
+    assert!(
+        held.contains("sensitive (subject-tag in subject: tag [secure] (protect)"),
+        "{held}"
+    );
+    assert!(held.contains("nhs-number in part 1 text/plain"), "{held}");
+    assert!(
+        !held.contains("999 000 0042"),
+        "the NHS number itself is never logged"
+    );
+
+    // Give the queue several scans, then check every byte the ordinary MX received.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ordinary.connections(),
+        0,
+        "the held recipient's next hop was contacted"
+    );
+    assert!(ordinary.messages().is_empty());
+    assert!(
+        !gateway.log().contains("999 000 0042"),
+        "the NHS number reached the log"
+    );
+
+    let show = gateway.queue_command(&["show", &id]);
+    assert!(
+        show.contains("to: <sam.patient@mailbox.example> state=Held route=portal"),
+        "{show}"
+    );
+    let list = gateway.queue_command(&["list"]);
+    assert!(list.contains("to=<sam.patient@mailbox.example>"), "{list}");
 }

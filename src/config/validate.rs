@@ -63,7 +63,12 @@ impl Config {
                 1 << 20,
             ),
             ("inbound.max_sessions", inbound.max_sessions, 1, 100_000),
-            ("inbound.max_sessions_per_client", inbound.max_sessions_per_client, 1, 100_000),
+            (
+                "inbound.max_sessions_per_client",
+                inbound.max_sessions_per_client,
+                1,
+                100_000,
+            ),
             ("delivery.concurrency", self.delivery.concurrency, 1, 10_000),
         ] {
             if value < min || value > max {

@@ -18,7 +18,8 @@ use crate::delivery::{
     AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, Transport,
 };
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
-use crate::policy::{Route, Router};
+use crate::policy::classify::{self, Classifier};
+use crate::policy::{CertificateSource, NoCertificates, Route, Router};
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
 /// Recipients claimed per scan at most.
@@ -34,6 +35,8 @@ pub struct QueueManager {
     transport: Arc<dyn Transport>,
     spool: Spool,
     router: Router,
+    classifier: Arc<Classifier>,
+    certificates: Arc<dyn CertificateSource>,
     wake: Arc<Notify>,
 }
 
@@ -60,14 +63,24 @@ impl QueueManager {
         transport: Arc<dyn Transport>,
     ) -> Result<QueueManager, QueueError> {
         let store = Store::open(&config.database_path())?;
+        let classifier = Classifier::new(&config.policy.classify)
+            .map_err(|error| QueueError::Setup(error.to_string()))?;
         Ok(QueueManager {
             router: Router::new(&config.policy),
+            classifier: Arc::new(classifier),
+            certificates: Arc::new(NoCertificates),
             config,
             store: Arc::new(Mutex::new(store)),
             transport,
             spool,
             wake,
         })
+    }
+
+    /// Uses `certificates` to route sensitive mail to S/MIME.
+    pub fn with_certificates(mut self, certificates: Arc<dyn CertificateSource>) -> QueueManager {
+        self.certificates = certificates;
+        self
     }
 
     /// Runs until the process ends.
@@ -142,7 +155,33 @@ impl QueueManager {
                 .filter(|row| row.state == RecipientState::Incoming)
                 .map(|row| row.address)
                 .collect();
-            let plan = self.router.plan(&addresses);
+            let lookup = id.clone();
+            let body = match self.with_store(move |store| store.body(&lookup)).await {
+                Ok(Some(body)) => body,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(queue_id = %id, %error, "failed to read message for routing");
+                    continue;
+                }
+            };
+            let classifier = Arc::clone(&self.classifier);
+            let classify_config = self.config.policy.classify.clone();
+            let classified = tokio::task::spawn_blocking(move || {
+                let classification = classifier.classify(&body);
+                let stripped = classify::strip_subject_tags(&body, &classify_config);
+                (classification, stripped)
+            })
+            .await;
+            let Ok((classification, stripped)) = classified else {
+                // Fail closed: without a classification nothing is routed, so nothing leaves.
+                tracing::error!(queue_id = %id, "classification task failed; message left unrouted");
+                continue;
+            };
+            let plan = self.router.plan_classified(
+                &addresses,
+                &classification,
+                self.certificates.as_ref(),
+            );
             let mut routes = Vec::new();
             for group in plan.groups {
                 for recipient in group.recipients {
@@ -156,9 +195,12 @@ impl QueueManager {
                     routes.push((recipient.address, group.route, recipient.reason));
                 }
             }
+            if stripped.is_some() {
+                tracing::info!(target: MAIL_LOG, "{id}: subject tag removed");
+            }
             let target = id.clone();
             if let Err(error) = self
-                .with_store(move |store| store.set_routes(&target, &routes))
+                .with_store(move |store| store.set_routes(&target, &routes, stripped.as_deref()))
                 .await
             {
                 tracing::error!(queue_id = %id, %error, "failed to store routes");

@@ -18,6 +18,9 @@ pub enum QueueError {
     /// A spool commit failed; nothing of the batch was stored.
     #[error("spool commit failed: {0}")]
     CommitFailed(String),
+    /// The queue could not be set up from the config.
+    #[error("queue setup failed: {0}")]
+    Setup(String),
     /// The spool writer has stopped, so nothing more can be committed.
     #[error("spool writer has stopped")]
     SpoolClosed,

@@ -220,11 +220,14 @@ impl Store {
         collect_ids(rows)
     }
 
-    /// Stores the route of each recipient and makes them due now.
+    /// Stores the route of each recipient and makes them due now (or held, for held
+    /// routes). `body`, when given, replaces the stored message in the same transaction,
+    /// as when a subject tag was removed.
     pub fn set_routes(
         &mut self,
         id: &QueueId,
         routes: &[(String, Route, String)],
+        body: Option<&[u8]>,
     ) -> Result<(), QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
@@ -252,6 +255,12 @@ impl Store {
                 "UPDATE messages SET routed_at = ?2 WHERE id = ?1",
                 params![id.as_str(), now],
             )?;
+            if let Some(body) = body {
+                transaction.execute(
+                    "UPDATE messages SET body = ?2, size = ?3 WHERE id = ?1",
+                    params![id.as_str(), body, body.len() as i64],
+                )?;
+            }
         }
         transaction.commit()?;
         Ok(())
