@@ -11,7 +11,8 @@ use sealgate::delivery::SmtpCourier;
 use sealgate::envelope::{QueueId, display_address};
 use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
-use sealgate::policy::Router;
+use sealgate::policy::classify::{self, Classifier};
+use sealgate::policy::{CertificateSource, NoCertificates, Router};
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use tokio::sync::Notify;
@@ -63,6 +64,21 @@ enum Command {
         #[arg(required = true)]
         recipients: Vec<String>,
     },
+    /// Classify a message file and print, per recipient, the route and every rule that led
+    /// to it, without sending anything.
+    Explain {
+        /// Config file; the development default without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The message, as an RFC 5322 file (`.eml`).
+        message: PathBuf,
+        /// Envelope sender, shown in the report.
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipients.
+        #[arg(long = "rcpt", required = true)]
+        recipients: Vec<String>,
+    },
     /// Read a password from standard input and print its Argon2id hash for
     /// `[[inbound.users]]`.
     HashPassword,
@@ -102,6 +118,12 @@ fn main() -> ExitCode {
         Command::Init { dir } => init(&dir),
         Command::Queue { config, action } => queue(config.as_deref(), action),
         Command::Route { config, recipients } => route(config.as_deref(), &recipients),
+        Command::Explain {
+            config,
+            message,
+            from,
+            recipients,
+        } => explain(config.as_deref(), &message, from.as_deref(), &recipients),
         Command::HashPassword => hash_password(),
     };
     match result {
@@ -396,6 +418,48 @@ fn route(config_path: Option<&Path>, recipients: &[String]) -> Result<(), String
         );
     }
     Ok(())
+}
+
+fn explain(
+    config_path: Option<&Path>,
+    message_path: &Path,
+    from: Option<&str>,
+    recipients: &[String],
+) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let message = std::fs::read(message_path)
+        .map_err(|error| format!("failed to read {}: {error}", message_path.display()))?;
+    let classifier = Classifier::new(&config.policy.classify).map_err(|error| error.to_string())?;
+    let certificates = certificate_source(&config)?;
+    let classification = classifier.classify(&message);
+
+    println!("message: {}", message_path.display());
+    if let Some(from) = from {
+        println!("from: {}", display_address(from));
+    }
+    match classification.action {
+        Some(action) => println!("classification: sensitive, action {action}"),
+        None => println!("classification: not sensitive"),
+    }
+    for rule in &classification.matches {
+        println!("  rule: {rule}");
+    }
+    if classify::strip_subject_tags(&message, &config.policy.classify).is_some() {
+        println!("  the subject tag is removed before delivery");
+    }
+    let router = Router::new(&config.policy);
+    for address in recipients {
+        let (route, recipient) =
+            router.route_classified(address, &classification, certificates.as_ref());
+        println!("{}: {route}", display_address(address));
+        println!("  because: {}", recipient.reason);
+    }
+    Ok(())
+}
+
+/// The certificate source for routing: the S/MIME certificate directory.
+fn certificate_source(_config: &Config) -> Result<Arc<dyn CertificateSource>, String> {
+    Ok(Arc::new(NoCertificates))
 }
 
 fn hash_password() -> Result<(), String> {
