@@ -161,7 +161,7 @@ async fn mail_log_lines_keep_their_format() {
         .expect("delivery line");
     let fields = sent.split_once(&format!("{id}: ")).unwrap().1;
     let expected_order = [
-        "to=", "relay=", "delay=", "delays=", "tls=", "route=", "dsn=", "status=",
+        "to=", "relay=", "delay=", "delays=", "tls=", "route=", "reason=", "dsn=", "status=",
     ];
     let mut position = 0;
     for field in expected_order {

@@ -190,7 +190,7 @@ impl QueueManager {
                         "{id}: to={}, route={}, reason=\"{}\"",
                         display_address(&recipient.address),
                         group.route,
-                        escape(&recipient.reason).replace('"', "\\x22")
+                        quoted_reason(Some(&recipient.reason))
                     );
                     routes.push((recipient.address, group.route, recipient.reason));
                 }
@@ -265,6 +265,12 @@ impl QueueManager {
         );
         let relay = report.relay.clone().unwrap_or_else(|| "none".into());
         let tls = report.tls.to_string();
+        let lookup = id.clone();
+        let rows = self
+            .with_store(move |store| store.recipients(&lookup))
+            .await
+            .unwrap_or_default();
+        let row_of = |address: &str| rows.iter().find(|row| row.address == address);
 
         let mut updates = Vec::new();
         for result in &report.results {
@@ -284,7 +290,7 @@ impl QueueManager {
                     (RecipientState::Bounced, now, "expired", failure.to_string())
                 }
                 DeliveryStatus::Deferred(failure) => {
-                    let attempts = self.attempts_of(&id, &result.recipient).await;
+                    let attempts = row_of(&result.recipient).map_or(0, |row| row.attempts);
                     let delay = self.retry_delay(attempts);
                     let next = (now + delay.as_millis() as i64).min(expires_at);
                     (
@@ -297,10 +303,11 @@ impl QueueManager {
             };
             tracing::info!(
                 target: MAIL_LOG,
-                "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, route={route}, dsn={status_code}, status={word} ({})",
+                "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, route={route}, reason=\"{}\", dsn={status_code}, status={word} ({})",
                 display_address(&result.recipient),
                 escape_field(&relay),
                 seconds(now - summary.received_at),
+                quoted_reason(row_of(&result.recipient).and_then(|row| row.reason.as_deref())),
                 escape(&detail)
             );
             let record = AttemptRecord {
@@ -420,21 +427,6 @@ impl QueueManager {
             }
             Err(error) => tracing::error!(%error, "failed to read unreported bounces"),
         }
-    }
-
-    async fn attempts_of(&self, id: &QueueId, address: &str) -> u32 {
-        let id = id.clone();
-        let address = address.to_owned();
-        self.with_store(move |store| {
-            Ok(store
-                .recipients(&id)?
-                .into_iter()
-                .find(|row| row.address == address)
-                .map(|row| row.attempts)
-                .unwrap_or(0))
-        })
-        .await
-        .unwrap_or(0)
     }
 
     /// Delay before the next attempt after `attempts` earlier ones: the schedule's entry,
@@ -589,6 +581,11 @@ impl DeliveryWorker {
         };
         let _ = self.done.send(done).await;
     }
+}
+
+/// Escapes a routing reason for a `reason="..."` log field.
+fn quoted_reason(reason: Option<&str>) -> String {
+    escape(reason.unwrap_or("")).replace('"', "\\x22")
 }
 
 fn seconds(millis: i64) -> f64 {
