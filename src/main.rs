@@ -14,6 +14,7 @@ use sealgate::keys;
 use sealgate::policy::Router;
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
+use sealgate::smime::CertificateDirectory;
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -54,6 +55,14 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// List and check the S/MIME recipient certificates.
+    Certs {
+        /// Config file (for `smime.certificates_dir`); the development default without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Print the route each recipient address would get, and why, without sending.
     Route {
         /// Config file; the development default without it.
@@ -86,6 +95,15 @@ enum QueueAction {
     },
 }
 
+#[derive(Subcommand)]
+enum CertsAction {
+    /// One line per address: the certificate it gets, with subject, issuer, expiry and file.
+    List,
+    /// One line per certificate file: valid, or invalid with the reason. Exits non-zero
+    /// when any file is invalid.
+    Check,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -93,6 +111,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Init { dir } => init(&dir),
         Command::Queue { config, action } => queue(config.as_deref(), action),
+        Command::Certs { config, action } => certs(config.as_deref(), action),
         Command::Route { config, recipients } => route(config.as_deref(), &recipients),
         Command::HashPassword => hash_password(),
     };
@@ -331,6 +350,32 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
                 return Err(format!("message {id} not found in the queue"));
             }
             println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+fn certs(config_path: Option<&Path>, action: CertsAction) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let directory = CertificateDirectory::load(&config).map_err(|error| error.to_string())?;
+    match action {
+        CertsAction::List => print!("{}", directory.list_report()),
+        CertsAction::Check => {
+            let (report, all_valid) = directory.check_report();
+            print!("{report}");
+            if !directory.dir_exists() {
+                return Err(format!(
+                    "certificate folder {} not found",
+                    directory.dir().display()
+                ));
+            }
+            if !all_valid {
+                return Err(format!(
+                    "{} invalid certificate(s) or file(s) in {}",
+                    directory.skipped().len(),
+                    directory.dir().display()
+                ));
+            }
         }
     }
     Ok(())

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, ConfigDuration};
 pub use validate::parse_dns_server;
+pub(crate) use validate::{is_domain_name, is_domain_pattern};
+
+use crate::smime::SmimeConfig;
 
 /// The commented example that `sealgate init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");
@@ -31,6 +34,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Retry schedule and queue lifetime.
     pub queue: QueueConfig,
+    /// Recipient certificates, S/MIME algorithms and the signing identity.
+    pub smime: SmimeConfig,
 }
 
 /// `[server]`: identity and file locations.

@@ -174,7 +174,7 @@ impl Config {
                 "must not be 0",
             );
         }
-        Ok(())
+        self.smime.validate(path)
     }
 }
 
