@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine;
-use pki::{Authority, Extended, Identity, KeyKind, Spec, Usage};
+use pki::{Authority, DAY, Extended, Identity, KeyKind, Spec, Usage};
 use sealgate::config::Config;
 use sealgate::smime::{
     CertificateDirectory, RecipientCertificate, SkippedCertificate, Smime, SmimeOutcome,
@@ -764,6 +764,24 @@ fn certificate_of_another_recipient_is_rejected() {
 }
 
 #[test]
+fn certificate_expired_since_load_is_rejected() {
+    let setup = Setup::new();
+    let mut spec = Spec::recipient(BOB);
+    spec.not_after = 2;
+    setup.add("bob.pem", &spec);
+    let (directory, smime) = setup.smime("");
+    let certificate = directory.lookup(BOB).expect("valid at load");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let error = smime
+        .encrypt_for(MESSAGE.as_bytes(), BOB, certificate)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("bob.pem"), "{error}");
+    assert!(error.contains("expired at"), "{error}");
+}
+
+#[test]
 fn malformed_header_is_an_error() {
     let setup = Setup::new();
     setup.add("bob.pem", &Spec::recipient(BOB));
@@ -883,8 +901,8 @@ fn certificate_without_address_is_skipped() {
 #[test]
 fn expired_certificate_is_skipped() {
     let skipped = skipped_bob(|spec| {
-        spec.not_before_days = -400;
-        spec.not_after_days = -30;
+        spec.not_before = -400 * DAY;
+        spec.not_after = -30 * DAY;
     });
     let reason = &skipped.reason;
     assert!(reason.starts_with("expired at "), "{reason}");
@@ -895,8 +913,8 @@ fn expired_certificate_is_skipped() {
 #[test]
 fn not_yet_valid_certificate_is_skipped() {
     let skipped = skipped_bob(|spec| {
-        spec.not_before_days = 10;
-        spec.not_after_days = 400;
+        spec.not_before = 10 * DAY;
+        spec.not_after = 400 * DAY;
     });
     let reason = &skipped.reason;
     assert!(reason.starts_with("not valid before "), "{reason}");
@@ -1055,11 +1073,11 @@ fn missing_trust_anchor_is_an_error() {
 fn latest_expiry_wins() {
     let setup = Setup::new();
     let mut short = Spec::recipient(BOB);
-    short.not_after_days = 30;
+    short.not_after = 30 * DAY;
     let mut long = Spec::recipient(BOB);
-    long.not_after_days = 700;
+    long.not_after = 700 * DAY;
     let mut middle = Spec::recipient(BOB);
-    middle.not_after_days = 300;
+    middle.not_after = 300 * DAY;
     setup.add("a-short.pem", &short);
     setup.add("b-long.pem", &long);
     setup.add("c-middle.pem", &middle);
@@ -1074,8 +1092,8 @@ fn latest_expiry_wins() {
 fn expired_newer_certificate_does_not_win() {
     let setup = Setup::new();
     let mut expired = Spec::recipient(BOB);
-    expired.not_before_days = -900;
-    expired.not_after_days = -1;
+    expired.not_before = -900 * DAY;
+    expired.not_after = -1 * DAY;
     setup.add("a-valid.pem", &Spec::recipient(BOB));
     setup.add("b-expired.pem", &expired);
     let directory = setup.directory("");

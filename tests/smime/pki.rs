@@ -17,7 +17,7 @@ use openssl::x509::extension::{
 use openssl::x509::{X509, X509Builder, X509NameBuilder};
 
 /// Seconds in a day, for validity offsets.
-const DAY: i64 = 86_400;
+pub const DAY: i64 = 86_400;
 
 /// Key type and size of a generated certificate.
 #[derive(Clone, Copy, Debug)]
@@ -57,10 +57,10 @@ pub struct Spec {
     /// emailAddress attribute of the subject.
     pub subject_email: Option<String>,
     pub key: KeyKind,
-    /// Start of validity, in days from now (negative for the past).
-    pub not_before_days: i64,
-    /// End of validity, in days from now.
-    pub not_after_days: i64,
+    /// Start of validity, in seconds from now (negative for the past).
+    pub not_before: i64,
+    /// End of validity, in seconds from now.
+    pub not_after: i64,
     pub usage: Usage,
     pub extended: Extended,
 }
@@ -74,8 +74,8 @@ impl Spec {
             san_emails: vec![address.to_owned()],
             subject_email: None,
             key: KeyKind::Rsa(2048),
-            not_before_days: -1,
-            not_after_days: 365,
+            not_before: -DAY,
+            not_after: 365 * DAY,
             usage: Usage::SignAndEncrypt,
             extended: Extended::EmailProtection,
         }
@@ -126,7 +126,7 @@ pub struct Authority {
 impl Authority {
     pub fn new(name: &str) -> Authority {
         let key = generate_key(KeyKind::Rsa(2048));
-        let mut builder = base_builder(name, None, &key, -1, 3650);
+        let mut builder = base_builder(name, None, &key, -DAY, 3650 * DAY);
         builder
             .set_issuer_name(subject_of(name, None).as_ref())
             .unwrap();
@@ -167,8 +167,8 @@ impl Authority {
             &spec.common_name,
             spec.subject_email.as_deref(),
             &key,
-            spec.not_before_days,
-            spec.not_after_days,
+            spec.not_before,
+            spec.not_after,
         );
         builder
             .set_issuer_name(self.identity.certificate.subject_name())
@@ -269,8 +269,8 @@ fn base_builder(
     common_name: &str,
     email: Option<&str>,
     key: &PKey<Private>,
-    not_before_days: i64,
-    not_after_days: i64,
+    not_before: i64,
+    not_after: i64,
 ) -> X509Builder {
     let mut builder = X509Builder::new().unwrap();
     builder.set_version(2).unwrap();
@@ -286,10 +286,10 @@ fn base_builder(
     builder.set_pubkey(key).unwrap();
     let now = time_now();
     builder
-        .set_not_before(&Asn1Time::from_unix(now + not_before_days * DAY).unwrap())
+        .set_not_before(&Asn1Time::from_unix(now + not_before).unwrap())
         .unwrap();
     builder
-        .set_not_after(&Asn1Time::from_unix(now + not_after_days * DAY).unwrap())
+        .set_not_after(&Asn1Time::from_unix(now + not_after).unwrap())
         .unwrap();
     builder
 }
