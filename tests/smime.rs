@@ -1093,7 +1093,7 @@ fn expired_newer_certificate_does_not_win() {
     let setup = Setup::new();
     let mut expired = Spec::recipient(BOB);
     expired.not_before = -900 * DAY;
-    expired.not_after = -1 * DAY;
+    expired.not_after = -DAY;
     setup.add("a-valid.pem", &Spec::recipient(BOB));
     setup.add("b-expired.pem", &expired);
     let directory = setup.directory("");
