@@ -5,7 +5,8 @@
 //! everyone else) and delivers it from a durable queue. The modules follow the pipeline:
 //!
 //! `inbound` (SMTP server) → `queue` (spool, schedule, DSNs) → `policy` (routes) →
-//! `delivery` (MX lookup, outbound SMTP with the route's TLS level).
+//! `delivery` (MX lookup, outbound SMTP with the route's TLS level), with `smime`
+//! (recipient certificates, S/MIME encryption) for the routes that need it.
 
 pub mod config;
 pub mod delivery;
@@ -14,4 +15,5 @@ pub mod inbound;
 pub mod keys;
 pub mod policy;
 pub mod queue;
+pub mod smime;
 pub mod telemetry;

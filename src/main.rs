@@ -12,9 +12,10 @@ use sealgate::envelope::{QueueId, display_address};
 use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
 use sealgate::policy::classify::{self, Classifier};
-use sealgate::policy::{CertificateSource, NoCertificates, Router};
+use sealgate::policy::{CertificateSource, Router};
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
+use sealgate::smime::{CertificateDirectory, Smime};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -54,6 +55,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// List and check the S/MIME recipient certificates.
+    Certs {
+        /// Config file (for `smime.certificates_dir`); the development default without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CertsAction,
     },
     /// Print the route each recipient address would get, and why, without sending.
     Route {
@@ -102,6 +111,15 @@ enum QueueAction {
     },
 }
 
+#[derive(Subcommand)]
+enum CertsAction {
+    /// One line per address: the certificate it gets, with subject, issuer, expiry and file.
+    List,
+    /// One line per certificate file: valid, or invalid with the reason. Exits non-zero
+    /// when any file is invalid.
+    Check,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve { .. }) {
@@ -117,6 +135,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Init { dir } => init(&dir),
         Command::Queue { config, action } => queue(config.as_deref(), action),
+        Command::Certs { config, action } => certs(config.as_deref(), action),
         Command::Route { config, recipients } => route(config.as_deref(), &recipients),
         Command::Explain {
             config,
@@ -177,13 +196,16 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     let committed = Arc::new(Notify::new());
     let spool = Spool::start(&config.database_path(), Arc::clone(&committed))
         .map_err(|error| error.to_string())?;
+    let smime = Smime::new(&config).map_err(|error| error.to_string())?;
+    let certificates = CertificateDirectory::load(&config).map_err(|error| error.to_string())?;
     let manager = QueueManager::new(
         Arc::clone(&config),
         spool.clone(),
         committed,
         Arc::new(courier),
     )
-    .map_err(|error| error.to_string())?;
+    .map_err(|error| error.to_string())?
+    .with_smime(smime, certificates);
     let mut manager = tokio::spawn(manager.run());
 
     let context = Arc::new(InboundContext::new(
@@ -245,6 +267,9 @@ fn check_config(file: &Path) -> Result<(), String> {
     )
     .map_err(|error| format!("{}: inbound TLS: {error}", file.display()))?;
     SmtpCourier::new(&config).map_err(|error| format!("{}: delivery: {error}", file.display()))?;
+    Smime::new(&config).map_err(|error| format!("{}: smime: {error}", file.display()))?;
+    CertificateDirectory::load(&config)
+        .map_err(|error| format!("{}: smime: {error}", file.display()))?;
     if config.policy.secure_domains.is_empty() {
         eprintln!(
             "warning: {}: policy.secure_domains is empty, so no mail requires verified TLS",
@@ -406,6 +431,32 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
     Ok(())
 }
 
+fn certs(config_path: Option<&Path>, action: CertsAction) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let directory = CertificateDirectory::load(&config).map_err(|error| error.to_string())?;
+    match action {
+        CertsAction::List => print!("{}", directory.list_report()),
+        CertsAction::Check => {
+            let (report, all_valid) = directory.check_report();
+            print!("{report}");
+            if !directory.dir_exists() {
+                return Err(format!(
+                    "certificate folder {} not found",
+                    directory.dir().display()
+                ));
+            }
+            if !all_valid {
+                return Err(format!(
+                    "{} invalid certificate(s) or file(s) in {}",
+                    directory.skipped().len(),
+                    directory.dir().display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn route(config_path: Option<&Path>, recipients: &[String]) -> Result<(), String> {
     let config = load_config(config_path)?;
     let router = Router::new(&config.policy);
@@ -458,8 +509,9 @@ fn explain(
 }
 
 /// The certificate source for routing: the S/MIME certificate directory.
-fn certificate_source(_config: &Config) -> Result<Arc<dyn CertificateSource>, String> {
-    Ok(Arc::new(NoCertificates))
+fn certificate_source(config: &Config) -> Result<Arc<dyn CertificateSource>, String> {
+    let directory = CertificateDirectory::load(config).map_err(|error| error.to_string())?;
+    Ok(Arc::new(directory))
 }
 
 fn hash_password() -> Result<(), String> {

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::policy::classify::ClassifyConfig;
 
 pub use units::{ByteSize, ConfigDuration};
+pub(crate) use validate::is_domain_pattern;
 pub use validate::{is_domain_name, parse_dns_server};
+
+use crate::smime::SmimeConfig;
 
 /// The commented example that `sealgate init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");
@@ -33,6 +36,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Retry schedule and queue lifetime.
     pub queue: QueueConfig,
+    /// Recipient certificates, S/MIME algorithms and the signing identity.
+    pub smime: SmimeConfig,
 }
 
 /// `[server]`: identity and file locations.

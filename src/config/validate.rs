@@ -231,7 +231,7 @@ impl Config {
                 "must not be 0",
             );
         }
-        Ok(())
+        self.smime.validate(path)
     }
 }
 

@@ -15,11 +15,13 @@ use super::store::{AttemptRecord, MessageSummary, RecipientState, Store, now_mil
 use super::{QueueError, Spool};
 use crate::config::Config;
 use crate::delivery::{
-    AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, Transport,
+    AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, TlsOutcome,
+    Transport,
 };
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
 use crate::policy::classify::{self, Classifier};
 use crate::policy::{CertificateSource, NoCertificates, Route, Router};
+use crate::smime::{CertificateDirectory, Smime, SmimeOutcome};
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
 /// Recipients claimed per scan at most.
@@ -37,6 +39,7 @@ pub struct QueueManager {
     router: Router,
     classifier: Arc<Classifier>,
     certificates: Arc<dyn CertificateSource>,
+    smime: Option<SmimeEncryption>,
     wake: Arc<Notify>,
 }
 
@@ -69,6 +72,7 @@ impl QueueManager {
             router: Router::new(&config.policy),
             classifier: Arc::new(classifier),
             certificates: Arc::new(NoCertificates),
+            smime: None,
             config,
             store: Arc::new(Mutex::new(store)),
             transport,
@@ -77,9 +81,15 @@ impl QueueManager {
         })
     }
 
-    /// Uses `certificates` to route sensitive mail to S/MIME.
-    pub fn with_certificates(mut self, certificates: Arc<dyn CertificateSource>) -> QueueManager {
-        self.certificates = certificates;
+    /// Routes sensitive mail to S/MIME for the recipients in `certificates`, and encrypts
+    /// it with `smime` at delivery.
+    pub fn with_smime(mut self, smime: Smime, certificates: CertificateDirectory) -> QueueManager {
+        let certificates = Arc::new(certificates);
+        self.certificates = Arc::clone(&certificates) as Arc<dyn CertificateSource>;
+        self.smime = Some(SmimeEncryption {
+            smime: Arc::new(smime),
+            certificates,
+        });
         self
     }
 
@@ -223,12 +233,21 @@ impl QueueManager {
             }
         };
 
-        let mut groups: BTreeMap<(QueueId, String, String), Vec<String>> = BTreeMap::new();
+        // Each S/MIME recipient is its own delivery: its message opens only with its key.
+        let mut groups: BTreeMap<(QueueId, String, String, String), Vec<String>> = BTreeMap::new();
         for (id, address, route) in claimed {
             let domain = domain_of(&address);
-            groups.entry((id, route, domain)).or_default().push(address);
+            let own_delivery = if route == Route::Smime.as_str() {
+                address.clone()
+            } else {
+                String::new()
+            };
+            groups
+                .entry((id, route, domain, own_delivery))
+                .or_default()
+                .push(address);
         }
-        for ((id, route_name, domain), recipients) in groups {
+        for ((id, route_name, domain, _), recipients) in groups {
             let Ok(route) = route_name.parse::<Route>() else {
                 // Fail closed: a route this version does not know is never guessed at.
                 tracing::error!(queue_id = %id, route = %escape(&route_name), "unknown route; delivery held");
@@ -237,6 +256,7 @@ impl QueueManager {
             let worker = DeliveryWorker {
                 store: Arc::clone(&self.store),
                 transport: Arc::clone(&self.transport),
+                smime: self.smime.clone(),
                 done: done.clone(),
                 workers: Arc::clone(workers),
             };
@@ -498,13 +518,21 @@ impl QueueManager {
 struct DeliveryWorker {
     store: Arc<Mutex<Store>>,
     transport: Arc<dyn Transport>,
+    smime: Option<SmimeEncryption>,
     done: mpsc::Sender<WorkerDone>,
     workers: Arc<Semaphore>,
 }
 
+/// What the `smime` route needs at delivery time.
+#[derive(Clone)]
+struct SmimeEncryption {
+    smime: Arc<Smime>,
+    certificates: Arc<CertificateDirectory>,
+}
+
 impl DeliveryWorker {
     async fn run(self, id: QueueId, route: Route, domain: String, recipients: Vec<String>) {
-        let Ok(_permit) = self.workers.acquire_owned().await else {
+        let Ok(_permit) = Arc::clone(&self.workers).acquire_owned().await else {
             return;
         };
         let store = Arc::clone(&self.store);
@@ -539,6 +567,40 @@ impl DeliveryWorker {
         };
         let started_at = now_millis();
         let clock = Instant::now();
+        let (body, body_8bit) = if route == Route::Smime {
+            match self.encrypt(&id, &recipients, &body) {
+                Ok(Some(encrypted)) => (encrypted, false),
+                Ok(None) => (body, summary.body_8bit),
+                Err(failure) => {
+                    // Fail closed: without the envelope nothing is sent; retry later.
+                    let results = recipients
+                        .iter()
+                        .map(|recipient| RecipientResult {
+                            recipient: recipient.clone(),
+                            status: DeliveryStatus::Deferred(failure.clone()),
+                        })
+                        .collect();
+                    let report = AttemptReport {
+                        relay: None,
+                        tls: TlsOutcome::NotConnected,
+                        connect_time: Duration::ZERO,
+                        transfer_time: Duration::ZERO,
+                        results,
+                    };
+                    let done = WorkerDone {
+                        id,
+                        route,
+                        summary,
+                        started_at,
+                        report,
+                    };
+                    let _ = self.done.send(done).await;
+                    return;
+                }
+            }
+        } else {
+            (body, summary.body_8bit)
+        };
         let job = DeliveryJob {
             queue_id: id.as_str(),
             sender: &summary.sender,
@@ -546,7 +608,7 @@ impl DeliveryWorker {
             recipients: &recipients,
             body: &body,
             tls,
-            body_8bit: summary.body_8bit,
+            body_8bit,
             smtputf8: summary.smtputf8,
         };
         let mut report = self.transport.deliver(&job).await;
@@ -580,6 +642,51 @@ impl DeliveryWorker {
             report,
         };
         let _ = self.done.send(done).await;
+    }
+}
+
+impl DeliveryWorker {
+    /// Builds the S/MIME message for the one recipient of an `smime` delivery. Returns
+    /// `None` when the message is already encrypted and goes as it is.
+    fn encrypt(
+        &self,
+        id: &QueueId,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let failure = |detail: String| Failure {
+            host: None,
+            stage: Stage::Conversion,
+            detail,
+            reply: None,
+            // RFC 3463 §3.8: X.7.5 is "cryptographic failure".
+            status: "4.7.5".into(),
+        };
+        let [recipient] = recipients else {
+            return Err(failure(format!(
+                "an S/MIME delivery needs one recipient, got {}",
+                recipients.len()
+            )));
+        };
+        let Some(encryption) = &self.smime else {
+            return Err(failure("S/MIME is not set up in this process".into()));
+        };
+        let Some(certificate) = encryption.certificates.lookup(recipient) else {
+            return Err(failure(format!(
+                "no valid certificate for {recipient} any more; not sent"
+            )));
+        };
+        match encryption.smime.encrypt_for(body, recipient, certificate) {
+            Ok(SmimeOutcome::Encrypted(bytes)) => {
+                tracing::debug!(queue_id = %id, "message encrypted for its recipient");
+                Ok(Some(bytes))
+            }
+            Ok(SmimeOutcome::AlreadyEncrypted) => Ok(None),
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "S/MIME encryption failed");
+                Err(failure(format!("S/MIME encryption failed: {error}")))
+            }
+        }
     }
 }
 
