@@ -4,6 +4,9 @@
 mod common;
 mod gateway;
 mod postfix;
+#[allow(dead_code)]
+#[path = "smime/pki.rs"]
+mod smime_pki;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -812,4 +815,125 @@ async fn sensitive_mail_without_certificate_never_leaves() {
     );
     let list = gateway.queue_command(&["list"]);
     assert!(list.contains("to=<sam.patient@mailbox.example>"), "{list}");
+}
+
+/// Returns the MIME entity S/MIME encrypts: the `Content-*` fields of the header (with
+/// their continuation lines) and the body.
+fn mime_entity(message: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(message);
+    let (header, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut entity = String::new();
+    let mut keep = false;
+    for line in header.split("\r\n") {
+        if !line.starts_with([' ', '\t']) {
+            keep = line.to_ascii_lowercase().starts_with("content-");
+        }
+        if keep {
+            entity.push_str(line);
+            entity.push_str("\r\n");
+        }
+    }
+    entity.push_str("\r\n");
+    entity.push_str(body);
+    entity.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_mail_goes_smime_to_known_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = smime_pki::Authority::new("Partner Test CA");
+    let bob = authority.issue(&smime_pki::Spec::recipient("bob@partner.example"));
+    std::fs::create_dir_all(dir.path().join("keys/recipients")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/recipients/bob.pem"),
+        bob.certificate_pem(),
+    )
+    .unwrap();
+    // The recipient's own key stays outside the gateway's folders.
+    let bob_key = dir.path().join("bob.key");
+    let bob_certificate = dir.path().join("bob.crt");
+    std::fs::write(&bob_key, bob.key_pem()).unwrap();
+    std::fs::write(&bob_certificate, bob.certificate_pem()).unwrap();
+
+    let partner = SmtpServer::start(ServerScript::default()).await;
+    let patient = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "{}{}",
+        route_to("partner.example", partner.port()),
+        route_to("mailbox.example", patient.port()),
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let sample = std::fs::read("tests/fixtures/samples/06-mixed-recipients.eml").unwrap();
+    // mail-send ends the data with CRLF . CRLF after the body's own last CRLF, so the
+    // body goes without it to arrive exactly as the sample.
+    let body = String::from_utf8(sample.clone()).unwrap();
+    let id = send(
+        gateway.smtp,
+        "ada.lovell@clinic.example.org",
+        &["bob@partner.example", "sam.patient@mailbox.example"],
+        body.strip_suffix("\r\n").unwrap().to_string(),
+    )
+    .await;
+
+    let received = partner.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "log:\n{}", gateway.log());
+    assert_eq!(received[0].recipients, ["bob@partner.example"]);
+    let wire = String::from_utf8_lossy(&received[0].data).into_owned();
+    assert!(
+        wire.contains("application/pkcs7-mime; smime-type=enveloped-data"),
+        "{wire}"
+    );
+    assert!(
+        !wire.contains("NHS number"),
+        "content left in clear: {wire}"
+    );
+    assert!(!wire.contains("999 000 0042"), "NHS number left in clear");
+    assert!(wire.contains("Subject: Discharge summary"), "{wire}");
+
+    // The recipient's own OpenSSL opens it, and gets the original entity byte for byte.
+    let wire_path = dir.path().join("received.eml");
+    std::fs::write(&wire_path, &received[0].data).unwrap();
+    let plain_path = dir.path().join("decrypted.eml");
+    let decrypt = Command::new("openssl")
+        .args(["cms", "-decrypt", "-in"])
+        .arg(&wire_path)
+        .arg("-inkey")
+        .arg(&bob_key)
+        .arg("-recip")
+        .arg(&bob_certificate)
+        .arg("-out")
+        .arg(&plain_path)
+        .output()
+        .expect("run openssl");
+    assert!(
+        decrypt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decrypt.stderr)
+    );
+    let decrypted = std::fs::read(&plain_path).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&decrypted),
+        String::from_utf8_lossy(&mime_entity(&sample))
+    );
+
+    let line = gateway
+        .wait_for_log(
+            &format!("{id}: to=<bob@partner.example>, relay="),
+            Duration::from_secs(5),
+        )
+        .expect("delivery line");
+    assert!(line.contains("route=smime"), "{line}");
+    assert!(
+        line.contains("recipients/bob.pem"),
+        "the reason names the certificate: {line}"
+    );
+    assert!(line.contains("status=sent"), "{line}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        patient.connections(),
+        0,
+        "the recipient without a certificate was contacted"
+    );
 }

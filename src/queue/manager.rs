@@ -571,8 +571,16 @@ impl DeliveryWorker {
             match self.encrypt(&id, &recipients, &body) {
                 Ok(Some(encrypted)) => (encrypted, false),
                 Ok(None) => (body, summary.body_8bit),
-                Err(failure) => {
+                Err(detail) => {
                     // Fail closed: without the envelope nothing is sent; retry later.
+                    let failure = Failure {
+                        host: None,
+                        stage: Stage::Conversion,
+                        detail,
+                        reply: None,
+                        // RFC 3463 §3.8: X.7.5 is "cryptographic failure".
+                        status: "4.7.5".into(),
+                    };
                     let results = recipients
                         .iter()
                         .map(|recipient| RecipientResult {
@@ -653,28 +661,20 @@ impl DeliveryWorker {
         id: &QueueId,
         recipients: &[String],
         body: &[u8],
-    ) -> Result<Option<Vec<u8>>, Failure> {
-        let failure = |detail: String| Failure {
-            host: None,
-            stage: Stage::Conversion,
-            detail,
-            reply: None,
-            // RFC 3463 §3.8: X.7.5 is "cryptographic failure".
-            status: "4.7.5".into(),
-        };
+    ) -> Result<Option<Vec<u8>>, String> {
         let [recipient] = recipients else {
-            return Err(failure(format!(
+            return Err(format!(
                 "an S/MIME delivery needs one recipient, got {}",
                 recipients.len()
-            )));
+            ));
         };
         let Some(encryption) = &self.smime else {
-            return Err(failure("S/MIME is not set up in this process".into()));
+            return Err("S/MIME is not set up in this process".into());
         };
         let Some(certificate) = encryption.certificates.lookup(recipient) else {
-            return Err(failure(format!(
+            return Err(format!(
                 "no valid certificate for {recipient} any more; not sent"
-            )));
+            ));
         };
         match encryption.smime.encrypt_for(body, recipient, certificate) {
             Ok(SmimeOutcome::Encrypted(bytes)) => {
@@ -684,7 +684,7 @@ impl DeliveryWorker {
             Ok(SmimeOutcome::AlreadyEncrypted) => Ok(None),
             Err(error) => {
                 tracing::error!(queue_id = %id, %error, "S/MIME encryption failed");
-                Err(failure(format!("S/MIME encryption failed: {error}")))
+                Err(format!("S/MIME encryption failed: {error}"))
             }
         }
     }
