@@ -937,3 +937,62 @@ async fn sensitive_mail_goes_smime_to_known_certificate() {
         "the recipient without a certificate was contacted"
     );
 }
+
+#[test]
+fn explain_names_rules_and_certificate_flaws() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = smime_pki::Authority::new("Explain Test CA");
+    let mut expired = smime_pki::Spec::recipient("bob@partner.example");
+    expired.not_before = -30 * smime_pki::DAY;
+    expired.not_after = -smime_pki::DAY;
+    let bob = authority.issue(&expired);
+    std::fs::create_dir_all(dir.path().join("keys/recipients")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/recipients/bob.pem"),
+        bob.certificate_pem(),
+    )
+    .unwrap();
+    let config = dir.path().join("sealgate.toml");
+    std::fs::write(&config, "").unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .arg("tests/fixtures/samples/04-official-sensitive.eml")
+        .args(["--rcpt", "bob@partner.example", "--rcpt", "gp@nhs.net"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("classification: sensitive, action protect"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule: marking in subject: marking OFFICIAL-SENSITIVE"),
+        "{text}"
+    );
+    assert!(text.contains("<bob@partner.example>: portal"), "{text}");
+    assert!(text.contains("bob.pem is not used: expired"), "{text}");
+    assert!(text.contains("<gp@nhs.net>: forced-tls"), "{text}");
+
+    let unmarked = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .arg("tests/fixtures/samples/07-wrong-check-digit.eml")
+        .args(["--rcpt", "friends@mailbox.example"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(unmarked.stdout).unwrap();
+    assert!(text.contains("classification: not sensitive"), "{text}");
+    assert!(
+        text.contains("<friends@mailbox.example>: opportunistic"),
+        "{text}"
+    );
+}
