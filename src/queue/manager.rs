@@ -20,7 +20,7 @@ use crate::delivery::{
 };
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
 use crate::policy::classify::{self, Classifier};
-use crate::policy::{CertificateSource, NoCertificates, Route, Router};
+use crate::policy::{CertificateSource, NoCertificates, Route, Router, TlsRequirement};
 use crate::smime::{CertificateDirectory, Smime, SmimeOutcome};
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
@@ -567,8 +567,35 @@ impl DeliveryWorker {
         };
         let started_at = now_millis();
         let clock = Instant::now();
+        let report = self
+            .attempt(&id, route, tls, &domain, &recipients, &summary, body)
+            .await;
+        tracing::debug!(queue_id = %id, elapsed = ?clock.elapsed(), "delivery attempt finished");
+        let done = WorkerDone {
+            id,
+            route,
+            summary,
+            started_at,
+            report,
+        };
+        let _ = self.done.send(done).await;
+    }
+
+    /// Prepares the body for the route and makes one attempt, returning a result for every
+    /// recipient.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        id: &QueueId,
+        route: Route,
+        tls: TlsRequirement,
+        domain: &str,
+        recipients: &[String],
+        summary: &MessageSummary,
+        body: Vec<u8>,
+    ) -> AttemptReport {
         let (body, body_8bit) = if route == Route::Smime {
-            match self.encrypt(&id, &recipients, &body) {
+            match self.encrypt(id, recipients, &body) {
                 Ok(Some(encrypted)) => (encrypted, false),
                 Ok(None) => (body, summary.body_8bit),
                 Err(detail) => {
@@ -581,29 +608,13 @@ impl DeliveryWorker {
                         // RFC 3463 §3.8: X.7.5 is "cryptographic failure".
                         status: "4.7.5".into(),
                     };
-                    let results = recipients
-                        .iter()
-                        .map(|recipient| RecipientResult {
-                            recipient: recipient.clone(),
-                            status: DeliveryStatus::Deferred(failure.clone()),
-                        })
-                        .collect();
-                    let report = AttemptReport {
+                    return AttemptReport {
                         relay: None,
                         tls: TlsOutcome::NotConnected,
                         connect_time: Duration::ZERO,
                         transfer_time: Duration::ZERO,
-                        results,
+                        results: deferred_all(recipients, &failure),
                     };
-                    let done = WorkerDone {
-                        id,
-                        route,
-                        summary,
-                        started_at,
-                        report,
-                    };
-                    let _ = self.done.send(done).await;
-                    return;
                 }
             }
         } else {
@@ -612,48 +623,40 @@ impl DeliveryWorker {
         let job = DeliveryJob {
             queue_id: id.as_str(),
             sender: &summary.sender,
-            domain: &domain,
-            recipients: &recipients,
+            domain,
+            recipients,
             body: &body,
             tls,
             body_8bit,
             smtputf8: summary.smtputf8,
         };
         let mut report = self.transport.deliver(&job).await;
-        for recipient in &recipients {
-            if !report
-                .results
-                .iter()
-                .any(|result| &result.recipient == recipient)
-            {
-                // Every claimed recipient must come back with a state, or it would stay
-                // claimed until the lease ran out.
-                tracing::error!(queue_id = %id, "delivery returned no result for a recipient");
-                report.results.push(RecipientResult {
-                    recipient: recipient.clone(),
-                    status: DeliveryStatus::Deferred(Failure {
-                        host: report.relay.clone(),
-                        stage: Stage::Connect,
-                        detail: "delivery returned no result for this recipient".into(),
-                        reply: None,
-                        status: "4.3.0".into(),
-                    }),
-                });
-            }
+        let missing: Vec<String> = recipients
+            .iter()
+            .filter(|recipient| {
+                !report
+                    .results
+                    .iter()
+                    .any(|result| &result.recipient == *recipient)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            // Every claimed recipient must come back with a state, or it would stay claimed
+            // until the lease ran out.
+            tracing::error!(queue_id = %id, "delivery returned no result for a recipient");
+            let failure = Failure {
+                host: report.relay.clone(),
+                stage: Stage::Connect,
+                detail: "delivery returned no result for this recipient".into(),
+                reply: None,
+                status: "4.3.0".into(),
+            };
+            report.results.extend(deferred_all(&missing, &failure));
         }
-        tracing::debug!(queue_id = %id, elapsed = ?clock.elapsed(), "delivery attempt finished");
-        let done = WorkerDone {
-            id,
-            route,
-            summary,
-            started_at,
-            report,
-        };
-        let _ = self.done.send(done).await;
+        report
     }
-}
 
-impl DeliveryWorker {
     /// Builds the S/MIME message for the one recipient of an `smime` delivery. Returns
     /// `None` when the message is already encrypted and goes as it is.
     fn encrypt(
@@ -688,6 +691,17 @@ impl DeliveryWorker {
             }
         }
     }
+}
+
+/// The same temporary failure for each recipient.
+fn deferred_all(recipients: &[String], failure: &Failure) -> Vec<RecipientResult> {
+    recipients
+        .iter()
+        .map(|recipient| RecipientResult {
+            recipient: recipient.clone(),
+            status: DeliveryStatus::Deferred(failure.clone()),
+        })
+        .collect()
 }
 
 /// Escapes a routing reason for a `reason="..."` log field.
