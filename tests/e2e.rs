@@ -996,3 +996,48 @@ fn explain_names_rules_and_certificate_flaws() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_rule_holds_every_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "[[policy.classify.patterns]]\nname = \"project-codename\"\nregex = 'BLUEBIRD'\naction = \"review\"\n\n{}",
+        route_to("*", receiver.port())
+    );
+    let gateway = Gateway::start(dir.path(), &base_config(dir.path(), &extra));
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["gp@nhs.net", "friend@mailbox.example"],
+        "Subject: plans\r\n\r\nThe BLUEBIRD figures are attached.\r\n".to_string(),
+    )
+    .await;
+    for address in ["gp@nhs.net", "friend@mailbox.example"] {
+        let line = gateway
+            .wait_for_log(
+                &format!("{id}: to=<{address}>, route=review"),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("no review route for {address}; log:\n{}", gateway.log()));
+        assert!(line.contains("pattern:project-codename"), "{line}");
+        assert!(
+            !line.contains("BLUEBIRD"),
+            "matched text in the log: {line}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a message held for review was delivered"
+    );
+    let flush = gateway.queue_command(&["flush"]);
+    assert!(
+        flush.contains("0 recipient(s)"),
+        "flush released held mail: {flush}"
+    );
+    let show = gateway.queue_command(&["show", &id]);
+    assert_eq!(show.matches("state=Held route=review").count(), 2, "{show}");
+}
