@@ -1041,3 +1041,38 @@ async fn review_rule_holds_every_recipient() {
     let show = gateway.queue_command(&["show", &id]);
     assert_eq!(show.matches("state=Held route=review").count(), 2, "{show}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smime_outer_subject_hides_an_nhs_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = smime_pki::Authority::new("Subject Test CA");
+    let bob = authority.issue(&smime_pki::Spec::recipient("bob@partner.example"));
+    std::fs::create_dir_all(dir.path().join("keys/recipients")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/recipients/bob.pem"),
+        bob.certificate_pem(),
+    )
+    .unwrap();
+    let partner = SmtpServer::start(ServerScript::default()).await;
+    let config = base_config(dir.path(), &route_to("partner.example", partner.port()));
+    let gateway = Gateway::start(dir.path(), &config);
+
+    send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["bob@partner.example"],
+        "Subject: Results for 943 476 5919\r\nBcc: hidden@clinic.example.org\r\n\r\nSee attached.\r\n"
+            .to_string(),
+    )
+    .await;
+    let received = partner.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "log:\n{}", gateway.log());
+    let wire = String::from_utf8_lossy(&received[0].data);
+    assert!(wire.contains("application/pkcs7-mime"), "{wire}");
+    assert!(
+        !wire.contains("943 476 5919"),
+        "the NHS number travelled in clear: {wire}"
+    );
+    assert!(wire.contains("Subject: Secure message"), "{wire}");
+    assert!(!wire.contains("hidden@clinic.example.org"), "{wire}");
+}

@@ -192,7 +192,7 @@ fn encrypted(
 ) -> Vec<u8> {
     match smime.encrypt_for(message, recipient, certificate) {
         Ok(SmimeOutcome::Encrypted(bytes)) => bytes,
-        Ok(SmimeOutcome::AlreadyEncrypted) => panic!("message reported as already encrypted"),
+        Ok(SmimeOutcome::AlreadyEncrypted(_)) => panic!("message reported as already encrypted"),
         Err(error) => panic!("encrypt_for failed: {error}"),
     }
 }
@@ -728,7 +728,82 @@ fn smime_encrypted_input_is_reported() {
         let once = encrypted(&smime, MESSAGE.as_bytes(), BOB, certificate);
 
         let again = smime.encrypt_for(&once, BOB, certificate).unwrap();
-        assert_eq!(again, SmimeOutcome::AlreadyEncrypted, "{extra}");
+        let SmimeOutcome::AlreadyEncrypted(passed) = again else {
+            panic!("encrypted twice: {extra}");
+        };
+        let body_of = |message: &[u8]| {
+            let text = String::from_utf8_lossy(message).into_owned();
+            text.split_once("\r\n\r\n").unwrap().1.to_string()
+        };
+        assert_eq!(body_of(&passed), body_of(&once), "{extra}");
+    }
+}
+
+#[test]
+fn pass_through_drops_headers_that_are_not_kept() {
+    let setup = Setup::new();
+    setup.add("bob.pem", &Spec::recipient(BOB));
+    let (directory, smime) = setup.smime("");
+    let certificate = directory.lookup(BOB).unwrap();
+    let once = encrypted(&smime, MESSAGE.as_bytes(), BOB, certificate);
+    let text = String::from_utf8(once).unwrap();
+    let with_extras = text.replacen(
+        "MIME-Version: 1.0\r\n",
+        "Bcc: hidden@org.test\r\nX-Patient: 943 476 5919\r\nMIME-Version: 1.0\r\n",
+        1,
+    );
+
+    let SmimeOutcome::AlreadyEncrypted(passed) = smime
+        .encrypt_for(with_extras.as_bytes(), BOB, certificate)
+        .unwrap()
+    else {
+        panic!("not recognised as encrypted");
+    };
+    let passed = String::from_utf8(passed).unwrap();
+    assert!(!passed.contains("Bcc:"), "{passed}");
+    assert!(!passed.contains("X-Patient"), "{passed}");
+    assert!(passed.contains("smime-type=enveloped-data"), "{passed}");
+}
+
+#[test]
+fn encryption_labels_on_plain_bodies_are_not_trusted() {
+    let setup = Setup::new();
+    let bob = setup.add("bob.pem", &Spec::recipient(BOB));
+    let (directory, smime) = setup.smime("");
+    let certificate = directory.lookup(BOB).unwrap();
+    let head =
+        "From: clinic@org.test\r\nTo: bob@partner.example\r\nSubject: Hi\r\nMIME-Version: 1.0\r\n";
+    let cases = [
+        // An S/MIME label over base64 of plain text.
+        format!(
+            "{head}Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nTkhTIG51bWJlciA5NDMgNDc2IDU5MTk=\r\n"
+        ),
+        // The label on the first of two Content-Type fields.
+        format!(
+            "{head}Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+             Content-Type: text/plain\r\n\r\nNHS number 943 476 5919\r\n"
+        ),
+        // A PGP/MIME label over a plain-text payload.
+        format!(
+            "{head}Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; \
+             boundary=\"p\"\r\n\r\n--p\r\nContent-Type: application/pgp-encrypted\r\n\r\n\
+             Version: 1\r\n--p\r\nContent-Type: application/octet-stream\r\n\r\n\
+             NHS number 943 476 5919\r\n--p--\r\n"
+        ),
+    ];
+    for case in cases {
+        let outcome = smime
+            .encrypt_for(case.as_bytes(), BOB, certificate)
+            .unwrap();
+        let SmimeOutcome::Encrypted(bytes) = outcome else {
+            panic!("a plain body was passed through as encrypted:\n{case}");
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("943 476 5919"), "{text}");
+        let path = setup.root.path().join(format!("label-{}.eml", unique()));
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(openssl_decrypt(&path, &bob).is_ok());
     }
 }
 
@@ -746,7 +821,7 @@ fn pgp_mime_input_is_reported() {
     let outcome = smime
         .encrypt_for(pgp.as_bytes(), BOB, directory.lookup(BOB).unwrap())
         .unwrap();
-    assert_eq!(outcome, SmimeOutcome::AlreadyEncrypted);
+    assert!(matches!(outcome, SmimeOutcome::AlreadyEncrypted(_)));
 }
 
 #[test]

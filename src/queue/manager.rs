@@ -89,6 +89,7 @@ impl QueueManager {
         self.smime = Some(SmimeEncryption {
             smime: Arc::new(smime),
             certificates,
+            classifier: Arc::clone(&self.classifier),
         });
         self
     }
@@ -528,6 +529,7 @@ struct DeliveryWorker {
 struct SmimeEncryption {
     smime: Arc<Smime>,
     certificates: Arc<CertificateDirectory>,
+    classifier: Arc<Classifier>,
 }
 
 impl DeliveryWorker {
@@ -596,8 +598,10 @@ impl DeliveryWorker {
     ) -> AttemptReport {
         let (body, body_8bit) = if route == Route::Smime {
             match self.encrypt(id, recipients, &body) {
-                Ok(Some(encrypted)) => (encrypted, false),
-                Ok(None) => (body, summary.body_8bit),
+                Ok(protected) => {
+                    let body_8bit = protected.iter().any(|byte| *byte > 127);
+                    (protected, body_8bit)
+                }
                 Err(detail) => {
                     // Fail closed: without the envelope nothing is sent; retry later.
                     let failure = Failure {
@@ -657,14 +661,11 @@ impl DeliveryWorker {
         report
     }
 
-    /// Builds the S/MIME message for the one recipient of an `smime` delivery. Returns
-    /// `None` when the message is already encrypted and goes as it is.
-    fn encrypt(
-        &self,
-        id: &QueueId,
-        recipients: &[String],
-        body: &[u8],
-    ) -> Result<Option<Vec<u8>>, String> {
+    /// Builds the S/MIME message for the one recipient of an `smime` delivery, or the
+    /// header-filtered original when it is already encrypted. A subject in which the
+    /// classifier found an NHS number or a pattern is replaced in the outer message, since
+    /// the outer header travels in clear.
+    fn encrypt(&self, id: &QueueId, recipients: &[String], body: &[u8]) -> Result<Vec<u8>, String> {
         let [recipient] = recipients else {
             return Err(format!(
                 "an S/MIME delivery needs one recipient, got {}",
@@ -679,12 +680,22 @@ impl DeliveryWorker {
                 "no valid certificate for {recipient} any more; not sent"
             ));
         };
-        match encryption.smime.encrypt_for(body, recipient, certificate) {
+        let classification = encryption.classifier.classify(body);
+        let subject_is_sensitive = classification.matches.iter().any(|found| {
+            let in_subject = found.location == "subject" || found.location == "header Subject";
+            in_subject && (found.rule == "nhs-number" || found.rule.starts_with("pattern:"))
+        });
+        let replacement = encryption.smime.replacement_subject();
+        let subject_override = subject_is_sensitive.then_some(replacement.as_str());
+        match encryption
+            .smime
+            .encrypt_with_subject(body, recipient, certificate, subject_override)
+        {
             Ok(SmimeOutcome::Encrypted(bytes)) => {
                 tracing::debug!(queue_id = %id, "message encrypted for its recipient");
-                Ok(Some(bytes))
+                Ok(bytes)
             }
-            Ok(SmimeOutcome::AlreadyEncrypted) => Ok(None),
+            Ok(SmimeOutcome::AlreadyEncrypted(bytes)) => Ok(bytes),
             Err(error) => {
                 tracing::error!(queue_id = %id, %error, "S/MIME encryption failed");
                 Err(format!("S/MIME encryption failed: {error}"))

@@ -123,26 +123,66 @@ impl<'a> ParsedMessage<'a> {
         ContentType::parse(&self.field("content-type")?.value())
     }
 
-    /// True when the body is already S/MIME enveloped or auth-enveloped data, or PGP/MIME
-    /// encrypted (RFC 3156 §4). An `application/pkcs7-mime` body without `smime-type` is
-    /// not counted, because it may be signed data: encrypting it again is safe, and
-    /// passing it on unencrypted might not be.
+    /// True when the message really is S/MIME enveloped or auth-enveloped data, or PGP/MIME
+    /// encrypted (RFC 3156 §4). The label alone is not trusted, since a sender could put it
+    /// on a plain-text body: there must be exactly one Content-Type field, and the body must
+    /// be the structure the label names. For S/MIME that is base64 of a DER ContentInfo
+    /// whose content type is enveloped-data or authEnveloped-data (checked by parsing it);
+    /// for PGP/MIME, a multipart whose parts are an `application/pgp-encrypted` control part
+    /// and one armored PGP message with nothing else in it. An `application/pkcs7-mime`
+    /// body without `smime-type` is not counted, because it may be signed data: encrypting
+    /// it again is safe, and passing it on unencrypted might not be.
     pub(crate) fn is_encrypted(&self) -> bool {
+        let content_types = self
+            .fields
+            .iter()
+            .filter(|field| field.name.eq_ignore_ascii_case("content-type"))
+            .count();
+        if content_types != 1 {
+            return false;
+        }
         let Some(content_type) = self.content_type() else {
             return false;
         };
         match content_type.media_type.as_str() {
             "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
-                content_type.parameter("smime-type").is_some_and(|kind| {
+                let labelled = content_type.parameter("smime-type").is_some_and(|kind| {
                     kind.eq_ignore_ascii_case("enveloped-data")
                         || kind.eq_ignore_ascii_case("authEnveloped-data")
-                })
+                });
+                labelled && self.is_base64_encoded() && is_enveloped_cms(self.body)
             }
-            "multipart/encrypted" => content_type
-                .parameter("protocol")
-                .is_some_and(|protocol| protocol.eq_ignore_ascii_case("application/pgp-encrypted")),
+            "multipart/encrypted" => {
+                let labelled = content_type.parameter("protocol").is_some_and(|protocol| {
+                    protocol.eq_ignore_ascii_case("application/pgp-encrypted")
+                });
+                labelled
+                    && content_type
+                        .parameter("boundary")
+                        .is_some_and(|boundary| is_pgp_mime_body(self.body, boundary))
+            }
             _ => false,
         }
+    }
+
+    fn is_base64_encoded(&self) -> bool {
+        let encodings: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|field| field.name.eq_ignore_ascii_case("content-transfer-encoding"))
+            .map(|field| field.value().trim().to_ascii_lowercase())
+            .collect();
+        encodings == ["base64"]
+    }
+
+    /// Builds the message passed on when it is already encrypted: the same kept header
+    /// fields as an encrypted message, `MIME-Version`, the original `Content-*` fields and
+    /// the body, so that other header fields (Bcc, custom ones) do not travel in clear.
+    pub(crate) fn passed_through(&self, subject: &SubjectMode) -> Vec<u8> {
+        let mut message = self.kept_header(subject);
+        message.extend_from_slice(b"MIME-Version: 1.0\r\n");
+        message.extend_from_slice(&self.inner_entity());
+        message
     }
 
     /// Builds the entity to encrypt: every `Content-*` field of the original in order (with
@@ -173,7 +213,26 @@ impl<'a> ParsedMessage<'a> {
         smime_type: &str,
         cms_der: &[u8],
     ) -> Vec<u8> {
-        let mut message = Vec::with_capacity(cms_der.len() * 4 / 3 + 2048);
+        let mut message = self.kept_header(subject);
+        message.reserve(cms_der.len() * 4 / 3 + 2048);
+        message.extend_from_slice(b"MIME-Version: 1.0\r\n");
+        message.extend_from_slice(
+            format!(
+                "Content-Type: application/pkcs7-mime; smime-type={smime_type}; \
+                 name=\"smime.p7m\"\r\n"
+            )
+            .as_bytes(),
+        );
+        message.extend_from_slice(b"Content-Disposition: attachment; filename=\"smime.p7m\"\r\n");
+        message.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+        message.extend_from_slice(&base64_lines(cms_der));
+        message
+    }
+
+    /// The header fields that travel in clear, in their original order, with the subject
+    /// kept or replaced as `subject` sets.
+    fn kept_header(&self, subject: &SubjectMode) -> Vec<u8> {
+        let mut message = Vec::with_capacity(2048);
         let mut subject_written = false;
         for field in &self.fields {
             let name = field.name.to_ascii_lowercase();
@@ -199,18 +258,6 @@ impl<'a> ParsedMessage<'a> {
         {
             push_subject(&mut message, text);
         }
-
-        message.extend_from_slice(b"MIME-Version: 1.0\r\n");
-        message.extend_from_slice(
-            format!(
-                "Content-Type: application/pkcs7-mime; smime-type={smime_type}; \
-                 name=\"smime.p7m\"\r\n"
-            )
-            .as_bytes(),
-        );
-        message.extend_from_slice(b"Content-Disposition: attachment; filename=\"smime.p7m\"\r\n");
-        message.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
-        message.extend_from_slice(&base64_lines(cms_der));
         message
     }
 }
@@ -337,6 +384,79 @@ fn tokenize(value: &str) -> Vec<Token> {
 /// Returns the field name of a header line, or `None` when the line has no colon or the
 /// name contains characters that RFC 5322 §3.6.8 does not allow. White space before the colon
 /// is accepted as the obsolete syntax of RFC 5322 §4.5.
+/// DER of the OIDs id-envelopedData (1.2.840.113549.1.7.3) and id-ct-authEnvelopedData
+/// (1.2.840.113549.1.9.16.1.23), tag and length included.
+const ENVELOPED_DATA_OID: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03,
+];
+const AUTH_ENVELOPED_DATA_OID: &[u8] = &[
+    0x06, 0x0b, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x17,
+];
+
+/// True when `body` is base64 of a CMS ContentInfo that OpenSSL parses and whose content
+/// type is enveloped-data or authEnveloped-data.
+fn is_enveloped_cms(body: &[u8]) -> bool {
+    use base64::Engine;
+
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|byte| !byte.is_ascii_whitespace())
+        .collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&compact) else {
+        return false;
+    };
+    if openssl::cms::CmsContentInfo::from_der(&der).is_err() {
+        return false;
+    }
+    // ContentInfo ::= SEQUENCE { contentType OBJECT IDENTIFIER, ... }: skip the SEQUENCE
+    // tag and length, then the OID must be one of the two.
+    let Some(rest) = der.strip_prefix(&[0x30]) else {
+        return false;
+    };
+    let length_bytes = match rest.first() {
+        Some(first) if first & 0x80 == 0 => 1,
+        Some(first) => 1 + usize::from(first & 0x7f),
+        None => return false,
+    };
+    let Some(content) = rest.get(length_bytes..) else {
+        return false;
+    };
+    content.starts_with(ENVELOPED_DATA_OID) || content.starts_with(AUTH_ENVELOPED_DATA_OID)
+}
+
+/// True when a `multipart/encrypted` body holds exactly an `application/pgp-encrypted`
+/// part and one part that is an ASCII-armored PGP message and nothing else (RFC 3156 §4).
+fn is_pgp_mime_body(body: &[u8], boundary: &str) -> bool {
+    let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
+    let delimiter = format!("--{boundary}");
+    let mut sections = text.split(&delimiter);
+    let _preamble = sections.next();
+    let parts: Vec<&str> = sections.collect();
+    // Two parts, then the closing delimiter's "--" section.
+    let [control, payload, closing] = parts.as_slice() else {
+        return false;
+    };
+    if !closing.starts_with("--") {
+        return false;
+    }
+    let part_header_and_body = |part: &str| -> Option<(String, String)> {
+        let (header, content) = part.trim_start_matches('\n').split_once("\n\n")?;
+        Some((header.to_ascii_lowercase(), content.trim().to_string()))
+    };
+    let Some((control_header, _)) = part_header_and_body(control) else {
+        return false;
+    };
+    let Some((payload_header, armored)) = part_header_and_body(payload) else {
+        return false;
+    };
+    control_header.contains("content-type: application/pgp-encrypted")
+        && payload_header.contains("content-type: application/octet-stream")
+        && armored.starts_with("-----BEGIN PGP MESSAGE-----")
+        && armored.ends_with("-----END PGP MESSAGE-----")
+        && armored.matches("-----BEGIN PGP MESSAGE-----").count() == 1
+}
+
 fn field_name(line: &[u8]) -> Option<&str> {
     let colon = line.iter().position(|byte| *byte == b':')?;
     let name = line[..colon].trim_ascii_end();

@@ -44,9 +44,9 @@ pub struct Smime {
 pub enum SmimeOutcome {
     /// The complete S/MIME message, CRLF line endings, ready for delivery.
     Encrypted(Vec<u8>),
-    /// The message is already S/MIME enveloped or PGP/MIME encrypted; the caller passes it
-    /// on as it is.
-    AlreadyEncrypted,
+    /// The message is already S/MIME enveloped or PGP/MIME encrypted. It is passed on with
+    /// the same header fields an encrypted message keeps, and its body as it is.
+    AlreadyEncrypted(Vec<u8>),
 }
 
 /// The algorithms used for one recipient.
@@ -208,13 +208,35 @@ impl Smime {
         recipient: &str,
         certificate: &RecipientCertificate,
     ) -> Result<SmimeOutcome, SmimeError> {
+        self.encrypt_with_subject(message, recipient, certificate, None)
+    }
+
+    /// As [`Smime::encrypt_for`], with the outer subject replaced by `subject_override`
+    /// when it is given, as when the subject itself holds sensitive content.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Smime::encrypt_for`].
+    pub fn encrypt_with_subject(
+        &self,
+        message: &[u8],
+        recipient: &str,
+        certificate: &RecipientCertificate,
+        subject_override: Option<&str>,
+    ) -> Result<SmimeOutcome, SmimeError> {
         let parsed = ParsedMessage::parse(message).map_err(|reason| SmimeError::Malformed {
             recipient: recipient.to_owned(),
             reason,
         })?;
+        let subject = match subject_override {
+            Some(text) => SubjectMode::Replace(text.to_owned()),
+            None => self.subject.clone(),
+        };
         if parsed.is_encrypted() {
             tracing::info!(recipient = ?recipient, "message is already encrypted");
-            return Ok(SmimeOutcome::AlreadyEncrypted);
+            return Ok(SmimeOutcome::AlreadyEncrypted(
+                parsed.passed_through(&subject),
+            ));
         }
 
         let unusable = |reason: String| SmimeError::Certificate {
@@ -265,11 +287,18 @@ impl Smime {
             size = content.len(),
             "encrypted message"
         );
-        Ok(SmimeOutcome::Encrypted(parsed.outer_message(
-            &self.subject,
-            smime_type,
-            &der,
-        )))
+        Ok(SmimeOutcome::Encrypted(
+            parsed.outer_message(&subject, smime_type, &der),
+        ))
+    }
+
+    /// The subject text that replaces one that must not travel in clear: the configured
+    /// replacement, or `Secure message`.
+    pub fn replacement_subject(&self) -> String {
+        match &self.subject {
+            SubjectMode::Replace(text) => text.clone(),
+            SubjectMode::Keep => "Secure message".into(),
+        }
     }
 }
 
