@@ -16,6 +16,7 @@
 mod config;
 mod mime;
 mod nhs_number;
+mod normalize;
 mod prescan;
 mod rules;
 mod subject;
