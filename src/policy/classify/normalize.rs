@@ -10,11 +10,7 @@ use std::borrow::Cow;
 
 /// Returns `text` normalised, borrowed when nothing changes.
 pub(super) fn normalize(text: &str) -> Cow<'_, str> {
-    if text
-        .chars()
-        .all(|c| c.is_ascii() && c != '\t' && c != '\0')
-        && !text.contains("  ")
-    {
+    if text.chars().all(|c| c.is_ascii() && c != '\t' && c != '\0') && !text.contains("  ") {
         return Cow::Borrowed(text);
     }
     let mut output = String::with_capacity(text.len());
@@ -71,9 +67,7 @@ fn map_char(character: char) -> char {
         | '\u{3000}' => ' ',
         // Hyphens, dashes and minus signs.
         '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}' => '-',
-        '\u{FF10}'..='\u{FF19}' => {
-            char::from(b'0' + (u32::from(character) - 0xFF10) as u8)
-        }
+        '\u{FF10}'..='\u{FF19}' => char::from(b'0' + (u32::from(character) - 0xFF10) as u8),
         other => other,
     }
 }
