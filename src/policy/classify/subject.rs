@@ -422,10 +422,7 @@ mod tests {
     fn control_characters_are_encoded() {
         let message = "Subject: =?utf-8?q?=5Bsecure=5D_a=00b=07c?=\r\n\r\nx";
         let stripped = strip(message).unwrap();
-        assert!(
-            stripped.starts_with("Subject: =?utf-8?B?"),
-            "{stripped:?}"
-        );
+        assert!(stripped.starts_with("Subject: =?utf-8?B?"), "{stripped:?}");
         assert!(!stripped.contains('\0') && !stripped.contains('\u{7}'));
     }
 
