@@ -19,8 +19,9 @@ pub struct ClassifyConfig {
     pub header_rules: Vec<HeaderRule>,
     /// `[policy.classify.nhs_number]`: the NHS number detector.
     pub nhs_number: NhsNumberConfig,
-    /// `[[policy.classify.patterns]]`: regular expressions over the subject, the text parts
-    /// and text attachments. Default: none.
+    /// `[[policy.classify.patterns]]`: regular expressions over the subject, every header
+    /// field and every leaf part read as text, both as written and normalised. Default:
+    /// none.
     pub patterns: Vec<PatternRule>,
     /// Action for a message that cannot be parsed or exceeds a limit below. Default:
     /// `protect`.
@@ -38,7 +39,8 @@ pub struct ClassifyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SubjectTagConfig {
     /// Tags, brackets included, matched case-insensitively as whole bracketed tokens:
-    /// `[secure]` matches `[SECURE]` and `[ secure ]` but not `secure` or `[secure-ish]`.
+    /// `[secure]` matches `[SECURE]`, `[ secure ]` (no-break spaces too) and `［secure］`
+    /// (full-width brackets), but not `secure` or `[secure-ish]`.
     /// Default: `["[secure]"]`.
     pub tags: Vec<String>,
     /// Remove the tag from the subject before delivery. Default: true.
@@ -52,10 +54,12 @@ pub struct SubjectTagConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MarkingConfig {
     /// Markings, matched case-insensitively as whole words (a letter, digit or hyphen on
-    /// either side means no match). Default: `["OFFICIAL-SENSITIVE"]`.
+    /// either side means no match). A hyphen or space matches any run of Unicode dashes and
+    /// spaces. Default: `["OFFICIAL-SENSITIVE"]`.
     pub markings: Vec<String>,
-    /// Non-blank lines at the start of each message body that are searched for a
-    /// marking, besides the subject. Default: 5.
+    /// Non-blank lines at the start of each text and HTML part that are searched for a
+    /// marking, besides the subject. Lines of invisible characters and hidden HTML
+    /// elements do not count. Default: 5.
     pub body_lines: usize,
     /// Action when a marking is found. Default: `protect`.
     pub action: Action,
@@ -67,8 +71,9 @@ pub struct MarkingConfig {
 pub struct HeaderRule {
     /// Header field name, matched case-insensitively.
     pub name: String,
-    /// Values that match, compared case-insensitively with the trimmed field value. An
-    /// empty list matches any value. Default: empty.
+    /// Values that match, compared case-insensitively with the unfolded field value
+    /// without RFC 5322 comments and surrounding white space. An empty list matches any
+    /// value. Default: empty.
     #[serde(default)]
     pub values: Vec<String>,
     /// Action when the rule matches. Default: `protect`.
@@ -77,7 +82,8 @@ pub struct HeaderRule {
 }
 
 /// `[policy.classify.nhs_number]`: 10-digit NHS numbers with a valid modulus-11 check digit,
-/// written as `9990000018`, `999 000 0018` or `999-000-0018`.
+/// written as `9990000018` or in groups separated by one space, `-`, `.`, `/` or ` - `
+/// each, such as `999 000 0018` or `9990 000 018`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NhsNumberConfig {

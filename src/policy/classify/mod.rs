@@ -6,18 +6,26 @@
 //! Each rule sets an action, `protect` or `review`, and the strongest one wins.
 //!
 //! Classification fails closed: a message that cannot be parsed, nests deeper or has more
-//! parts than the limits allow, or hides content behind a missing boundary or an
-//! undecodable part is sensitive, with rule `unparseable` and the cause as the reason.
+//! parts than the limits allow, hides content behind a missing boundary or an undecodable
+//! part, or has a header section that mail readers would read differently (a line that is
+//! not a field, a duplicate `Subject` or `Content-Type`) is sensitive, with rule
+//! `unparseable` and the cause as the reason.
 //!
-//! Reasons go into logs, so they name the rule, where it matched and what kind of thing
-//! matched, never the matched text. Content inside PDFs, office documents and archives is
-//! not read: only text parts, HTML parts and attachments that are text.
+//! The detectors read the subject, every header field, and the decoded content of every
+//! leaf part as text, whatever its type, after removing invisible characters and mapping
+//! Unicode spaces and dashes (see `normalize`). Reasons go into logs, so they name the
+//! rule, where it matched by section number and what kind of thing matched, never the
+//! matched text or a file name. Compressed content (PDF streams, office documents,
+//! archives) is read only as its raw bytes, so text inside it is not found.
 
 mod config;
+mod html;
 mod mime;
 mod nhs_number;
+mod normalize;
 mod prescan;
 mod rules;
+mod structure;
 mod subject;
 
 use std::fmt;
@@ -62,9 +70,11 @@ pub struct RuleMatch {
     pub rule: String,
     /// The action this rule requires.
     pub action: Action,
-    /// Place of the match: `subject`, `body line 2`, `part 1.2 text/plain`,
-    /// `attachment "notes.txt"`, `header Sensitivity`, with ` of part N` for a nested
-    /// message.
+    /// Place of the match: `subject`, `body line 2 of part 1`, `part 1.2 text/html` (the
+    /// type only when it is a well-known one), `part 1.3`,
+    /// `attachment in part 2`, `file name of part 2`, `header Sensitivity`, with
+    /// ` of part N` for a nested message or a part header. Never message text other than a
+    /// header field name made of letters, digits and `-`.
     pub location: String,
     /// Description of the match in words, such as `tag [secure]` or `1 NHS number with a
     /// valid check digit`. Never the matched message text.

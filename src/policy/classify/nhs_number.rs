@@ -1,10 +1,15 @@
 //! NHS numbers: ten digits, the last a modulus-11 check digit over the first nine with
-//! weights 10 down to 2, written as one run (`9434765919`) or grouped 3-3-4 with spaces,
-//! hyphens or no-break spaces (`943 476 5919`, `943-476-5919`).
+//! weights 10 down to 2, written as one run (`9434765919`) or in groups of any size
+//! separated by one space, `-`, `.`, `/` or ` - ` each (`943 476 5919`, `9434 765 919`,
+//! `943.476.5919`, `943 - 476 - 5919`).
 //!
-//! A run of more than ten digits is not an NHS number, and neither is a 3-3-4 group that
-//! continues a longer grouped sequence, such as `1 943 476 5919`. Only ASCII digits count:
-//! NOTE: numbers written in full-width or other Unicode digits are not detected.
+//! The text is expected to be normalised first (see `normalize`), which turns Unicode
+//! spaces and dashes into these separators and full-width digits into ASCII ones. Groups
+//! joined by separators form a sequence. A sequence counts only when it splits at group
+//! boundaries into numbers of exactly ten digits, so `19434765919` and `1 943 476 5919` are
+//! not NHS numbers, but `9434765919 9990000018` is two.
+//! NOTE: groups split over lines, and numbers in digits other than ASCII and full-width
+//! ones, are not detected.
 
 use std::ops::Range;
 
@@ -82,7 +87,7 @@ fn digits_of(text: &str) -> Vec<u8> {
     text.bytes().filter(u8::is_ascii_digit).collect()
 }
 
-/// Byte ranges of the ten-digit numbers in either written form, before the check digit.
+/// Byte ranges of the ten-digit numbers in the text, before the check digit.
 fn candidates(text: &str) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
     let mut found = Vec::new();
@@ -92,37 +97,54 @@ fn candidates(text: &str) -> Vec<Range<usize>> {
             start += 1;
             continue;
         }
-        let run_end = digit_run_end(bytes, start);
-        match run_end - start {
-            10 => found.push(start..run_end),
-            3 if !continues_group_before(bytes, start) => {
-                if let Some(end) = grouped_end(bytes, run_end) {
-                    found.push(start..end);
-                    start = end;
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        start = run_end;
+        let groups = sequence_at(bytes, start);
+        start = groups.last().map_or(start + 1, |group| group.end);
+        found.extend(split_into_numbers(&groups));
     }
     found
 }
 
-/// Returns the end of `separator, 3 digits, separator, 4 digits` starting at `from`, after a
-/// first group of three, when nothing continues the sequence.
-fn grouped_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let second = from + separator_len(bytes, from)?;
-    let second_end = digit_run_end(bytes, second);
-    if second_end - second != 3 {
-        return None;
+/// Returns the digit groups of the sequence that starts at `from`, in order.
+fn sequence_at(bytes: &[u8], from: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut group_start = from;
+    loop {
+        let group_end = digit_run_end(bytes, group_start);
+        groups.push(group_start..group_end);
+        match separator_len(bytes, group_end) {
+            Some(length)
+                if bytes
+                    .get(group_end + length)
+                    .is_some_and(u8::is_ascii_digit) =>
+            {
+                group_start = group_end + length;
+            }
+            _ => return groups,
+        }
     }
-    let third = second_end + separator_len(bytes, second_end)?;
-    let third_end = digit_run_end(bytes, third);
-    if third_end - third != 4 || continues_group_after(bytes, third_end) {
-        return None;
+}
+
+/// Splits a sequence at group boundaries into ranges of exactly ten digits each, or returns
+/// nothing when it does not split that way.
+fn split_into_numbers(groups: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut numbers = Vec::new();
+    let mut digits = 0;
+    let mut number_start = None;
+    for group in groups {
+        number_start.get_or_insert(group.start);
+        digits += group.len();
+        if digits > 10 {
+            return Vec::new();
+        }
+        if digits == 10 {
+            numbers.push(number_start.take().unwrap_or(group.start)..group.end);
+            digits = 0;
+        }
     }
-    Some(third_end)
+    if digits != 0 {
+        return Vec::new();
+    }
+    numbers
 }
 
 fn digit_run_end(bytes: &[u8], from: usize) -> usize {
@@ -132,28 +154,13 @@ fn digit_run_end(bytes: &[u8], from: usize) -> usize {
         .map_or(bytes.len(), |length| from + length)
 }
 
-/// Length of a space, hyphen or UTF-8 no-break space at `at`.
+/// Length of the separator at `at`: ` - ` or one space, `-`, `.` or `/`.
 fn separator_len(bytes: &[u8], at: usize) -> Option<usize> {
     match bytes.get(at..)? {
-        [b' ' | b'-', ..] => Some(1),
-        [0xC2, 0xA0, ..] => Some(2),
+        [b' ', b'-', b' ', ..] => Some(3),
+        [b' ' | b'-' | b'.' | b'/', ..] => Some(1),
         _ => None,
     }
-}
-
-/// True when a separator and a digit come right before `start`.
-fn continues_group_before(bytes: &[u8], start: usize) -> bool {
-    [1, 2].into_iter().any(|length| {
-        start > length
-            && separator_len(bytes, start - length) == Some(length)
-            && bytes[start - length - 1].is_ascii_digit()
-    })
-}
-
-/// True when a separator and a digit come right after `end`.
-fn continues_group_after(bytes: &[u8], end: usize) -> bool {
-    separator_len(bytes, end)
-        .is_some_and(|length| bytes.get(end + length).is_some_and(u8::is_ascii_digit))
 }
 
 #[cfg(test)]
@@ -200,13 +207,18 @@ mod tests {
             ("NHS number: 943 476 5919.", 1),
             ("ref 943-476-5919, thanks", 1),
             ("mixed 943 476-5919", 1),
-            ("no-break 943\u{a0}476\u{a0}5919", 1),
+            ("dots 943.476.5919", 1),
+            ("slashes 943/476/5919", 1),
+            ("spaced 943 - 476 - 5919", 1),
+            ("four first 9434 765 919", 1),
+            ("pairs 94 34 76 59 19", 1),
             ("(9434765919)", 1),
             ("letters around X9434765919Y", 1),
             ("two: 9434765919 and 999 000 0018", 2),
+            ("list 9434765919 9990000018", 2),
+            ("list 943 476 5919 999 000 0018", 2),
             ("943\n476\n5919", 0),
-            ("943  476  5919", 0),
-            ("9434 765 919", 0),
+            ("943--476--5919", 0),
             ("", 0),
         ];
         for (text, expected) in cases {

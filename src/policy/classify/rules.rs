@@ -7,6 +7,8 @@ use regex::Regex;
 use super::config::{ClassifyConfig, HeaderRule, tag_inner};
 use super::mime::{Content, Extracted, Origin};
 use super::nhs_number::NhsNumberDetector;
+use super::normalize::{normalize, normalize_tag_text};
+use super::structure::without_comments;
 use super::subject::find_tags;
 use super::{Action, ClassifyError, RuleMatch};
 
@@ -21,9 +23,9 @@ pub(super) struct Rules {
     marking_action: Action,
     header_rules: Vec<HeaderRule>,
     nhs_number: Option<NhsNumberRule>,
-    /// Finds NHS-number-like text in file names whatever the keyword setting, so that such
-    /// names are kept out of locations.
-    file_name_numbers: NhsNumberDetector,
+    /// Finds NHS-number-like text in header field names whatever the keyword setting, so
+    /// that such names are kept out of locations.
+    name_numbers: NhsNumberDetector,
     patterns: Vec<PatternMatcher>,
 }
 
@@ -64,7 +66,7 @@ impl Rules {
             min_count: nhs.min_count,
             action: nhs.action,
         });
-        let file_name_numbers = NhsNumberDetector::new(&super::config::NhsNumberConfig {
+        let name_numbers = NhsNumberDetector::new(&super::config::NhsNumberConfig {
             require_keyword: false,
             ..nhs.clone()
         });
@@ -87,7 +89,7 @@ impl Rules {
             marking_action: config.markings.action,
             header_rules: config.header_rules.clone(),
             nhs_number,
-            file_name_numbers,
+            name_numbers,
             patterns,
         })
     }
@@ -111,8 +113,9 @@ impl Rules {
             return;
         };
         let inners: Vec<&str> = self.tag_inners.iter().map(String::as_str).collect();
+        let text = normalize_tag_text(&subject.text);
         let mut reported = Vec::new();
-        for (_, index) in find_tags(subject.text.as_bytes(), &inners) {
+        for (_, index) in find_tags(text.as_bytes(), &inners) {
             if reported.contains(&index) {
                 continue;
             }
@@ -136,15 +139,16 @@ impl Rules {
             });
         };
         for subject in &extracted.subjects {
+            let text = normalize(&subject.text);
             for (marking, regex) in &self.markings {
-                if regex.is_match(&subject.text) {
+                if regex.is_match(&text) {
                     push(marking, format!("subject{}", of_part(&subject.scope)));
                 }
             }
         }
         for body in &extracted.bodies {
-            let first_lines: Vec<(usize, &str)> = body
-                .text
+            let text = normalize(&body.text);
+            let first_lines: Vec<(usize, &str)> = text
                 .lines()
                 .enumerate()
                 .filter(|(_, line)| !line.trim().is_empty())
@@ -170,10 +174,10 @@ impl Rules {
                     "field present".to_owned()
                 } else {
                     let matched = rule.values.iter().find(|wanted| {
-                        field
-                            .values
-                            .iter()
-                            .any(|value| value.trim().eq_ignore_ascii_case(wanted.trim()))
+                        field.values.iter().any(|value| {
+                            let value = without_comments(value.as_bytes());
+                            value.eq_ignore_ascii_case(wanted.trim().as_bytes())
+                        })
                     });
                     match matched {
                         Some(value) => format!("value {value}"),
@@ -190,14 +194,13 @@ impl Rules {
         }
     }
 
+    /// Runs the content detectors over every reading of the content, each normalised as in
+    /// [`normalize`] so that invisible characters and Unicode spaces and dashes cannot hide
+    /// a number. Patterns also see the readings as they were.
     fn match_content(&self, content: &Content, matches: &mut Vec<RuleMatch>) {
+        let normalized: Vec<_> = content.texts.iter().map(|text| normalize(text)).collect();
         let max_count = |count: &dyn Fn(&str) -> usize| {
-            content
-                .texts
-                .iter()
-                .map(|text| count(text))
-                .max()
-                .unwrap_or(0)
+            normalized.iter().map(|text| count(text)).max().unwrap_or(0)
         };
         if let Some(rule) = &self.nhs_number {
             let count = max_count(&|text| rule.detector.count(text));
@@ -214,7 +217,9 @@ impl Rules {
             }
         }
         for pattern in &self.patterns {
-            let count = max_count(&|text| pattern.regex.find_iter(text).count());
+            let count = |text: &str| pattern.regex.find_iter(text).count();
+            let as_written = content.texts.iter().map(|text| count(text)).max();
+            let count = max_count(&count).max(as_written.unwrap_or(0));
             if count >= pattern.min_count {
                 let mut detail = format!("{count} {}", plural(count, "match", "matches"));
                 if pattern.min_count > 1 {
@@ -230,34 +235,44 @@ impl Rules {
         }
     }
 
-    /// Describes where a content match was found, in words fit for a log line. An attachment is named
-    /// by its file name only when no detector matches the name itself.
+    /// Describes where a content match was found, in words fit for a log line. Only section
+    /// numbers and header field names are used, never file names or other message text,
+    /// and a field name only when it is a plain token that no detector matches.
     fn location(&self, origin: &Origin) -> String {
         match origin {
             Origin::Subject { scope } => format!("subject{}", of_part(scope)),
-            Origin::Part {
-                section,
-                file_name: Some(name),
-                ..
-            } => {
-                if self.is_loggable_name(name) {
-                    let truncated_name: String = name.chars().take(60).collect();
-                    format!("attachment {truncated_name:?}")
+            Origin::Header { scope, name } => {
+                if self.is_loggable_field_name(name) {
+                    format!("header {name}{}", of_part(scope))
                 } else {
-                    format!("attachment in part {section}")
+                    format!("header field{}", of_part(scope))
                 }
             }
             Origin::Part {
                 section,
-                content_type,
-                file_name: None,
+                has_file_name: true,
+                ..
+            } => format!("attachment in part {section}"),
+            Origin::Part {
+                section,
+                content_type: Some(content_type),
+                has_file_name: false,
             } => format!("part {section} {content_type}"),
+            Origin::Part {
+                section,
+                content_type: None,
+                has_file_name: false,
+            } => format!("part {section}"),
             Origin::FileName { section } => format!("file name of part {section}"),
         }
     }
 
-    fn is_loggable_name(&self, name: &str) -> bool {
-        self.file_name_numbers.count(name) == 0
+    fn is_loggable_field_name(&self, name: &str) -> bool {
+        name.len() <= 64
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && self.name_numbers.count(name) == 0
             && self
                 .patterns
                 .iter()
@@ -325,8 +340,8 @@ mod tests {
         Content {
             origin: Origin::Part {
                 section: "1".into(),
-                content_type: "text/plain".into(),
-                file_name: None,
+                content_type: Some("text/plain"),
+                has_file_name: false,
             },
             texts: vec![text.into()],
         }
@@ -540,25 +555,135 @@ mod tests {
     }
 
     #[test]
-    fn attachment_name_with_a_number_is_not_shown() {
+    fn locations_name_no_message_text() {
         let rules = rules(&ClassifyConfig::default());
-        let named = |name: &str| Origin::Part {
-            section: "2".into(),
-            content_type: "text/plain".into(),
-            file_name: Some(name.into()),
+        let cases = [
+            (
+                Origin::Part {
+                    section: "2".into(),
+                    content_type: Some("text/csv"),
+                    has_file_name: true,
+                },
+                "attachment in part 2",
+            ),
+            (
+                Origin::Part {
+                    section: "1.2".into(),
+                    content_type: Some("text/html"),
+                    has_file_name: false,
+                },
+                "part 1.2 text/html",
+            ),
+            (
+                Origin::Part {
+                    section: "3".into(),
+                    content_type: None,
+                    has_file_name: false,
+                },
+                "part 3",
+            ),
+            (
+                Origin::Header {
+                    scope: None,
+                    name: "X-Patient".into(),
+                },
+                "header X-Patient",
+            ),
+            (
+                Origin::Header {
+                    scope: Some("2".into()),
+                    name: "X-9434765919".into(),
+                },
+                "header field of part 2",
+            ),
+            (
+                Origin::Header {
+                    scope: None,
+                    name: "X-\"quoted\"".into(),
+                },
+                "header field",
+            ),
+        ];
+        for (origin, expected) in cases {
+            assert_eq!(rules.location(&origin), expected, "{origin:?}");
+        }
+    }
+
+    #[test]
+    fn normalised_text_is_matched() {
+        let rules = rules(&ClassifyConfig::default());
+        let cases = [
+            "943\u{200B}476\u{200B}5919",
+            "943\u{2009}476\u{202F}5919",
+            "943\u{2013}476\u{2013}5919",
+            "\u{FF19}\u{FF14}\u{FF13}\u{FF14}\u{FF17}\u{FF16}\u{FF15}\u{FF19}\u{FF11}\u{FF19}",
+            "943\t476\t5919",
+        ];
+        for text in cases {
+            let extracted = Extracted {
+                contents: vec![text_part(text)],
+                ..Extracted::default()
+            };
+            assert_eq!(rules.apply(&extracted).len(), 1, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn marking_with_unicode_dashes_is_found() {
+        let rules = rules(&ClassifyConfig::default());
+        for text in [
+            "OFFICIAL\u{2013}SENSITIVE",
+            "OFFICIAL \u{2013} SENSITIVE",
+            "OFFICIAL\u{2011}SENSITIVE",
+            "OFFICIAL\u{00A0}SENSITIVE",
+        ] {
+            assert_eq!(rules.apply(&subject(text)).len(), 1, "{text:?}");
+            assert_eq!(rules.apply(&body(text)).len(), 1, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn zero_width_lines_count_as_blank() {
+        let rules = rules(&ClassifyConfig::default());
+        let text = "\u{200B}\n\u{200B}\n\u{200B}\n\u{200B}\n\u{200B}\nOFFICIAL-SENSITIVE\n";
+        let matches = rules.apply(&body(text));
+        assert_eq!(
+            matches.first().map(|m| m.location.as_str()),
+            Some("body line 6")
+        );
+    }
+
+    #[test]
+    fn header_rule_ignores_comments() {
+        let rules = rules(&ClassifyConfig::default());
+        let extracted = Extracted {
+            headers: vec![HeaderField {
+                scope: None,
+                name: "Sensitivity".into(),
+                values: vec!["Private (set by Outlook)".into()],
+            }],
+            ..Extracted::default()
         };
         assert_eq!(
-            rules.location(&named("notes.txt")),
-            "attachment \"notes.txt\""
+            details(&rules.apply(&extracted)),
+            ["header:Sensitivity in header Sensitivity: value Private (protect)"]
         );
-        assert_eq!(
-            rules.location(&named("9434765919.txt")),
-            "attachment in part 2"
-        );
-        assert_eq!(
-            rules.location(&named("a\"b\n.txt")),
-            "attachment \"a\\\"b\\n.txt\""
-        );
+    }
+
+    #[test]
+    fn lookalike_tags_are_found() {
+        let rules = rules(&ClassifyConfig::default());
+        for text in [
+            "[\u{00A0}secure\u{00A0}] x",
+            "\u{FF3B}secure\u{FF3D} x",
+            "[ secure ] x",
+        ] {
+            assert_eq!(
+                details(&rules.apply(&subject(text))),
+                ["subject-tag in subject: tag [secure] (protect)"],
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

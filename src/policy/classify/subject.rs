@@ -9,11 +9,15 @@ use mail_parser::MessageParser;
 
 use super::config::{ClassifyConfig, tag_inner};
 use super::contains_bytes;
+use super::normalize::normalize_tag_text;
 
 /// Rewrites the message without the configured subject tags, or returns `None` when
-/// stripping is off or no `Subject` field contains a tag. Only the `Subject` fields of the top
-/// header block change; a subject written with RFC 2047 encoded words is written again as
-/// UTF-8 encoded words.
+/// stripping is off, no `Subject` field contains a tag, or the top header block has more
+/// than one `Subject` field (the classifier treats that as unparseable, and rewriting one
+/// of them would hide the tag from the recipient). Only the `Subject` field changes. It
+/// keeps its bytes when they are printable ASCII. Otherwise it is decoded and written again
+/// as UTF-8 encoded words, so a decoded CR, LF or other control character never reaches the
+/// header raw.
 pub fn strip_subject_tags(message: &[u8], config: &ClassifyConfig) -> Option<Vec<u8>> {
     let tags = &config.subject_tags;
     if !tags.strip || tags.tags.is_empty() {
@@ -21,12 +25,18 @@ pub fn strip_subject_tags(message: &[u8], config: &ClassifyConfig) -> Option<Vec
     }
     let inners: Vec<&str> = tags.tags.iter().filter_map(|tag| tag_inner(tag)).collect();
 
+    let fields = header_fields(message);
+    let subjects: Vec<&Range<usize>> = fields
+        .iter()
+        .filter(|field| is_subject_field(&message[(*field).clone()]))
+        .collect();
+    if subjects.len() != 1 {
+        return None;
+    }
+
     let mut output = Vec::with_capacity(message.len());
     let mut copied = 0;
-    for field in header_fields(message) {
-        if !is_subject_field(&message[field.clone()]) {
-            continue;
-        }
+    for field in subjects.into_iter().cloned() {
         let Some(value) = stripped_value(message, field.clone(), &inners) else {
             continue;
         };
@@ -85,7 +95,7 @@ fn stripped_value(message: &[u8], field: Range<usize>, inners: &[&str]) -> Optio
     let colon = raw.iter().position(|byte| *byte == b':')?;
     let value = trim_line_ending(&raw[colon + 1..]);
 
-    if !contains_bytes(value, b"=?") {
+    if !contains_bytes(value, b"=?") && is_printable_ascii_value(value) {
         let tags = find_tags(value, inners);
         if tags.is_empty() {
             return None;
@@ -97,14 +107,27 @@ fn stripped_value(message: &[u8], field: Range<usize>, inners: &[&str]) -> Optio
     }
 
     // Encoded words: decode, strip, and write the result again.
+    // Encoded words or 8-bit text: decode, strip, and write the result again.
     let decoded = decode_subject(value)?;
+    let decoded = normalize_tag_text(&decoded);
     let tags = find_tags(decoded.as_bytes(), inners);
     if tags.is_empty() {
         return None;
     }
     let stripped = remove_ranges(decoded.as_bytes(), tags.into_iter().map(|(range, _)| range));
     let stripped = String::from_utf8_lossy(&stripped);
-    Some(encode_value(stripped.trim(), line_ending_of(raw)))
+    Some(encode_value(stripped.trim()))
+}
+
+/// True when the value is printable ASCII, tabs and folds (a line ending followed by a space
+/// or tab), so removing bytes from it cannot produce anything but printable ASCII.
+fn is_printable_ascii_value(value: &[u8]) -> bool {
+    value.iter().enumerate().all(|(index, byte)| match byte {
+        b' '..=b'~' | b'\t' => true,
+        b'\r' => value.get(index + 1) == Some(&b'\n'),
+        b'\n' => matches!(value.get(index + 1), Some(b' ' | b'\t')),
+        _ => false,
+    })
 }
 
 /// Removes each range with one space next to it, keeping the leading space after the colon.
@@ -143,10 +166,11 @@ fn decode_subject(value: &[u8]) -> Option<String> {
     parsed.subject().map(str::to_owned)
 }
 
-/// ` text` for short ASCII text, otherwise RFC 2047 B-encoded UTF-8 words, one per folded
-/// line.
-fn encode_value(text: &str, line_ending: &[u8]) -> Vec<u8> {
-    if text.is_ascii() && text.len() < 900 && !text.contains("=?") {
+/// ` text` for short printable ASCII text, otherwise RFC 2047 B-encoded UTF-8 words, one per
+/// line, folded with CRLF and a space. Control characters are only ever written encoded.
+fn encode_value(text: &str) -> Vec<u8> {
+    let printable = text.bytes().all(|byte| matches!(byte, b' '..=b'~'));
+    if printable && text.len() < 900 && !text.contains("=?") {
         return format!(" {text}").into_bytes();
     }
     // At most 39 bytes per word give 52 base64 characters, so even the first line, with
@@ -163,7 +187,7 @@ fn encode_value(text: &str, line_ending: &[u8]) -> Vec<u8> {
     chunks.push(chunk);
     for (index, chunk) in chunks.iter().enumerate() {
         if index > 0 {
-            output.extend_from_slice(line_ending);
+            output.extend_from_slice(b"\r\n");
         }
         output.extend_from_slice(format!(" =?utf-8?B?{}?=", STANDARD.encode(chunk)).as_bytes());
     }
@@ -329,5 +353,97 @@ mod tests {
         assert!(header.lines().all(|line| line.len() <= 78), "{header}");
         let parsed = MessageParser::default().parse(stripped.as_bytes()).unwrap();
         assert_eq!(parsed.subject(), Some(text.as_str()));
+    }
+
+    fn bypass_case(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/classify/bypass")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.replace('\n', "\r\n").into_bytes()
+    }
+
+    fn header_block(message: &[u8]) -> &[u8] {
+        let end = message
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a blank line ends the header");
+        &message[..end + 2]
+    }
+
+    #[test]
+    fn decoded_line_breaks_are_not_written_raw() {
+        let cases = [
+            "i01-strip-crlf-inject.eml",
+            "i02-strip-inject-fake-pkcs7.eml",
+            "i03-strip-inject-blank.eml",
+            "i04-strip-lf-inject.eml",
+            "i05-strip-smuggle.eml",
+        ];
+        for name in cases {
+            let message = bypass_case(name);
+            let stripped = strip_subject_tags(&message, &ClassifyConfig::default())
+                .unwrap_or_else(|| panic!("{name}: tag not stripped"));
+            let original_fields = header_fields(&message).len();
+            assert_eq!(header_fields(&stripped).len(), original_fields, "{name}");
+
+            let header = header_block(&stripped);
+            let subject = header_fields(&stripped)
+                .into_iter()
+                .find(|field| is_subject_field(&stripped[field.clone()]))
+                .unwrap();
+            let value = &stripped[subject];
+            assert!(
+                value[..value.len() - 2]
+                    .iter()
+                    .all(|byte| matches!(byte, b' '..=b'~' | b'\r' | b'\n')),
+                "{name}: {value:?}"
+            );
+            for (index, byte) in header.iter().enumerate() {
+                if *byte == b'\n' {
+                    assert_eq!(header[index - 1], b'\r', "{name}: bare LF at {index}");
+                }
+            }
+            let parsed = MessageParser::default().parse(&stripped).unwrap();
+            assert!(
+                parsed.header("X-Injected").is_none() && parsed.header("X-LF").is_none(),
+                "{name}"
+            );
+            let content_types = parsed.parts[0]
+                .headers()
+                .iter()
+                .filter(|header| header.name().eq_ignore_ascii_case("content-type"))
+                .count();
+            assert_eq!(content_types, 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_encoded() {
+        let message = "Subject: =?utf-8?q?=5Bsecure=5D_a=00b=07c?=\r\n\r\nx";
+        let stripped = strip(message).unwrap();
+        assert!(stripped.starts_with("Subject: =?utf-8?B?"), "{stripped:?}");
+        assert!(!stripped.contains('\0') && !stripped.contains('\u{7}'));
+    }
+
+    #[test]
+    fn two_subject_fields_are_not_rewritten() {
+        let message = bypass_case("t07-two-subjects-tag-first.eml");
+        assert_eq!(
+            strip_subject_tags(&message, &ClassifyConfig::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn lookalike_tags_are_stripped() {
+        let cases = [
+            "Subject: [\u{a0}secure\u{a0}] Referral\r\n\r\nx",
+            "Subject: \u{ff3b}secure\u{ff3d} Referral\r\n\r\nx",
+        ];
+        for message in cases {
+            let stripped = strip(message).unwrap_or_else(|| panic!("{message:?}"));
+            assert_eq!(stripped, "Subject: Referral\r\n\r\nx", "{message:?}");
+        }
     }
 }

@@ -186,19 +186,22 @@ fn pattern_matches_in_text_attachment() {
     assert_eq!(
         reasons(&classification),
         [
-            "pattern:hospital-number in attachment \"list.csv\": 3 matches, at least 2 required (review)"
+            "pattern:hospital-number in attachment in part 2: 3 matches, at least 2 required (review)"
         ]
     );
 }
 
 #[test]
-fn pdf_attachment_is_not_read() {
+fn pdf_attachment_is_read_as_text() {
     let message = "Content-Type: multipart/mixed; boundary=b\r\n\r\n\
                    --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
                    --b\r\nContent-Type: application/pdf\r\n\
                    Content-Disposition: attachment; filename=\"scan.pdf\"\r\n\r\n\
                    9434765919\r\n--b--\r\n";
-    assert_eq!(classify(message).action, None);
+    assert_eq!(
+        reasons(&classify(message)),
+        ["nhs-number in attachment in part 2: 1 NHS number with a valid check digit (protect)"]
+    );
 }
 
 // Bad input.
@@ -345,7 +348,7 @@ fn rfc2231_file_name_is_decoded_and_scanned() {
     assert_eq!(
         reasons(&classification),
         [
-            "nhs-number in attachment \"Résumé notes.txt\": 1 NHS number with a valid check digit (protect)",
+            "nhs-number in attachment in part 1: 1 NHS number with a valid check digit (protect)",
             "nhs-number in file name of part 2: 1 NHS number with a valid check digit (protect)",
         ]
     );
@@ -521,4 +524,280 @@ fn classifier_is_shared_across_threads() {
         std::thread::spawn(move || classifier.classify(b"Subject: [secure] x\r\n\r\ny\r\n"))
     };
     assert_eq!(worker.join().unwrap().action, Some(Action::Protect));
+}
+
+// Messages built to get sensitive content past the classifier, in
+// tests/fixtures/classify/bypass/. Each is read with CRLF line endings, as SMTP delivers it.
+
+fn bypass_case(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/classify/bypass")
+        .join(name);
+    let text = std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let lf = lf_only(&text);
+    let mut crlf = Vec::with_capacity(lf.len() + lf.len() / 20);
+    for byte in lf {
+        if byte == b'\n' {
+            crlf.push(b'\r');
+        }
+        crlf.push(byte);
+    }
+    crlf
+}
+
+/// Checks that each case matches `rule`, with a reason that starts with `reason`.
+fn assert_bypass_cases_caught(cases: &[(&str, &str, &str)]) {
+    let classifier = classifier();
+    for (name, rule, reason) in cases {
+        let classification = classifier.classify(&bypass_case(name));
+        let found = reasons(&classification);
+        assert!(
+            found.iter().any(|found| found.starts_with(reason)),
+            "{name}: expected a reason starting {reason:?}, got {found:?}"
+        );
+        assert!(
+            rules_of(&classification).contains(rule),
+            "{name}: {found:?}"
+        );
+        assert_eq!(classification.action, Some(Action::Protect), "{name}");
+    }
+}
+
+#[test]
+fn decoded_subject_line_break_is_unparseable() {
+    assert_bypass_cases_caught(&[
+        (
+            "i01-strip-crlf-inject.eml",
+            "unparseable",
+            "unparseable in message: decoded subject contains CR or LF",
+        ),
+        (
+            "i02-strip-inject-fake-pkcs7.eml",
+            "unparseable",
+            "unparseable in message: decoded subject contains CR or LF",
+        ),
+        (
+            "i04-strip-lf-inject.eml",
+            "unparseable",
+            "unparseable in message: decoded subject contains CR or LF",
+        ),
+    ]);
+}
+
+#[test]
+fn ambiguous_header_sections_are_unparseable() {
+    assert_bypass_cases_caught(&[
+        (
+            "s21-header-then-nonheader.eml",
+            "unparseable",
+            "unparseable in message: top-level header: a line is not a header field",
+        ),
+        (
+            "s22-space-before-colon.eml",
+            "unparseable",
+            "unparseable in message: top-level header: white space between a field name",
+        ),
+        (
+            "s18-dup-ctype.eml",
+            "unparseable",
+            "unparseable in message: top-level header: more than one content-type field",
+        ),
+        (
+            "e01-dup-ctype-fake-pkcs7.eml",
+            "unparseable",
+            "unparseable in message: top-level header: more than one content-type field",
+        ),
+        (
+            "t07-two-subjects-tag-first.eml",
+            "unparseable",
+            "unparseable in message: top-level header: more than one subject field",
+        ),
+        (
+            "hd08-two-subjects.eml",
+            "unparseable",
+            "unparseable in message: top-level header: more than one subject field",
+        ),
+    ]);
+}
+
+#[test]
+fn duplicate_field_in_part_header_is_unparseable() {
+    let message = "Content-Type: multipart/mixed; boundary=b\r\n\r\n\
+                   --b\r\nContent-Type: text/plain\r\n\
+                   Content-Type: application/octet-stream\r\n\r\nNHS 9434765919\r\n--b--\r\n";
+    assert_eq!(
+        reasons(&classify(message)),
+        ["unparseable in message: header of part 1: more than one content-type field (protect)"]
+    );
+    let nested = "Content-Type: message/rfc822\r\n\r\n\
+                  Subject: a\r\nSubject: b\r\n\r\nhello\r\n";
+    assert_eq!(rules_of(&classify(nested)), ["unparseable"]);
+}
+
+#[test]
+fn hidden_nhs_numbers_are_found() {
+    let number = "nhs-number in part 1";
+    let attachment = "nhs-number in attachment in part 2: 1 NHS number";
+    assert_bypass_cases_caught(&[
+        ("n13-zwsp.eml", "nhs-number", number),
+        ("n14-zwsp-run.eml", "nhs-number", number),
+        ("n25-word-joiner.eml", "nhs-number", number),
+        ("n24-soft-hyphen.eml", "nhs-number", number),
+        ("h06-entity-plus-hidden-digit.eml", "nhs-number", number),
+        ("h07-zwsp-entity.eml", "nhs-number", number),
+        ("h10-hidden-prefix-digit.eml", "nhs-number", number),
+        ("h12-shy-entity.eml", "nhs-number", number),
+        ("h13-qp-html-entities.eml", "nhs-number", number),
+        ("n05-utf16le-as-utf8.eml", "nhs-number", number),
+        ("n08-utf16le-as-usascii.eml", "nhs-number", number),
+        ("n12-utf16le-no-charset.eml", "nhs-number", number),
+        ("s06-att-csv-utf16.eml", "nhs-number", attachment),
+    ]);
+}
+
+#[test]
+fn other_written_forms_are_found() {
+    let number = "nhs-number in part 1";
+    assert_bypass_cases_caught(&[
+        ("n16-thin-space.eml", "nhs-number", number),
+        ("n17-narrow-nbsp.eml", "nhs-number", number),
+        ("n18-tab.eml", "nhs-number", number),
+        ("n19-double-space.eml", "nhs-number", number),
+        ("n20-dots.eml", "nhs-number", number),
+        ("n21-slashes.eml", "nhs-number", number),
+        ("n23-en-dash.eml", "nhs-number", number),
+        ("n26-fullwidth.eml", "nhs-number", number),
+        ("n27-4-3-3.eml", "nhs-number", number),
+        ("n29-hyphen-space.eml", "nhs-number", number),
+    ]);
+}
+
+#[test]
+fn every_leaf_part_is_scanned() {
+    let attachment = "nhs-number in attachment in part 2: 1 NHS number";
+    assert_bypass_cases_caught(&[
+        ("s04-att-dat.eml", "nhs-number", attachment),
+        ("s11-name-mismatch.eml", "nhs-number", attachment),
+        (
+            "s12-app-json-noname.eml",
+            "nhs-number",
+            "nhs-number in part",
+        ),
+        (
+            "s26-message-partial.eml",
+            "unparseable",
+            "unparseable in message: top-level header: message/partial",
+        ),
+        (
+            "s16-uuencode-cte.eml",
+            "unparseable",
+            "unparseable in message: top-level header: unsupported Content-Transfer-Encoding",
+        ),
+        (
+            "s15-uuencode-inline.eml",
+            "unparseable",
+            "unparseable in message: part 1 contains a uuencoded block",
+        ),
+    ]);
+}
+
+#[test]
+fn every_header_field_is_scanned() {
+    assert_bypass_cases_caught(&[
+        (
+            "hd03-from-display.eml",
+            "nhs-number",
+            "nhs-number in header From:",
+        ),
+        ("hd04-to-display.eml", "nhs-number", "nhs-number in header"),
+        (
+            "hd05-custom-header.eml",
+            "nhs-number",
+            "nhs-number in header X-Patient-NHS:",
+        ),
+        (
+            "hd06-comments-header.eml",
+            "nhs-number",
+            "nhs-number in header Comments:",
+        ),
+        (
+            "hd07-content-description.eml",
+            "nhs-number",
+            "nhs-number in header Content-Description:",
+        ),
+    ]);
+}
+
+#[test]
+fn encoded_display_name_is_decoded_and_scanned() {
+    let message = "From: =?utf-8?q?Patient_943_476_5919?= <a@example.org>\r\n\r\nhello\r\n";
+    assert_eq!(
+        reasons(&classify(message)),
+        ["nhs-number in header From: 1 NHS number with a valid check digit (protect)"]
+    );
+}
+
+#[test]
+fn attachment_file_names_stay_out_of_reasons() {
+    let classifier = classifier();
+    for name in [
+        "l01-filename-in-log.eml",
+        "l02-nhs-dotted-filename-in-log.eml",
+    ] {
+        let classification = classifier.classify(&bypass_case(name));
+        assert!(classification.is_sensitive(), "{name}");
+        for reason in reasons(&classification) {
+            assert!(!reason.contains('"'), "{name}: {reason}");
+            assert!(!reason.contains("SECRETWORD"), "{name}: {reason}");
+            assert!(!reason.contains(".csv"), "{name}: {reason}");
+            let digits: String = reason.chars().filter(char::is_ascii_digit).collect();
+            assert!(!digits.contains("943"), "{name}: {reason}");
+        }
+    }
+}
+
+#[test]
+fn markings_in_common_forms_are_found() {
+    assert_bypass_cases_caught(&[
+        ("m05-en-dash.eml", "marking", "marking in"),
+        ("m06-nb-hyphen.eml", "marking", "marking in"),
+        ("m07-spaced-en-dash.eml", "marking", "marking in"),
+        ("m10-zwsp-lines.eml", "marking", "marking in body line"),
+        (
+            "m11-html-hidden-lines.eml",
+            "marking",
+            "marking in body line 1 of part 1",
+        ),
+        (
+            "m12-second-part.eml",
+            "marking",
+            "marking in body line 1 of part 2",
+        ),
+        (
+            "m13-alt-html-marking.eml",
+            "marking",
+            "marking in body line 1 of part 2",
+        ),
+        (
+            "m17-sensitivity-comment.eml",
+            "header:Sensitivity",
+            "header:Sensitivity in header Sensitivity: value Private",
+        ),
+    ]);
+}
+
+#[test]
+fn lookalike_subject_tags_are_found() {
+    assert_bypass_cases_caught(&[
+        (
+            "t11-nbsp-inside.eml",
+            "subject-tag",
+            "subject-tag in subject: tag [secure]",
+        ),
+        (
+            "t12-fullwidth.eml",
+            "subject-tag",
+            "subject-tag in subject: tag [secure]",
+        ),
+    ]);
 }
