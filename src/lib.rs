@@ -6,8 +6,10 @@
 //!
 //! `inbound` (SMTP server) → `queue` (spool, schedule, DSNs) → `policy` (routes) →
 //! `delivery` (MX lookup, outbound SMTP with the route's TLS level), with `smime`
-//! (recipient certificates, S/MIME encryption) for the routes that need it.
+//! (recipient certificates, S/MIME encryption) and `store` (the encrypted hold store and
+//! portal notifications) for the routes that need them, and `audit` recording accesses.
 
+pub mod audit;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
@@ -17,4 +19,5 @@ pub mod policy;
 pub mod portal;
 pub mod queue;
 pub mod smime;
+pub mod store;
 pub mod telemetry;

@@ -18,6 +18,7 @@ pub(crate) use validate::is_domain_pattern;
 pub use validate::{is_domain_name, parse_dns_server};
 
 use crate::smime::SmimeConfig;
+use crate::store::{PortalConfig, StoreConfig};
 
 /// The commented example that `sealgate init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../templates/sealgate.example.toml");
@@ -38,6 +39,10 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Recipient certificates, S/MIME algorithms and the signing identity.
     pub smime: SmimeConfig,
+    /// Retention and master key of the encrypted hold store.
+    pub store: StoreConfig,
+    /// Notification branding and the portal listener.
+    pub portal: PortalConfig,
 }
 
 /// `[server]`: identity and file locations.

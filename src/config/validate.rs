@@ -231,7 +231,9 @@ impl Config {
                 "must not be 0",
             );
         }
-        self.smime.validate(path)
+        self.smime.validate(path)?;
+        self.store.validate(path)?;
+        self.portal.validate(path)
     }
 }
 
