@@ -45,8 +45,8 @@ pub struct HeldContent {
 pub struct PasscodeRecord {
     /// Keyed SHA-256 hash of the passcode, never the passcode itself.
     pub hash: Vec<u8>,
-    /// End of validity, in milliseconds since the Unix epoch.
-    pub expires_at: i64,
+    /// When the passcode was set, in milliseconds since the Unix epoch.
+    pub created_at: i64,
     /// Wrong entries since the passcode was set.
     pub failures: u32,
 }
@@ -83,14 +83,15 @@ pub trait HeldMessages: Send + Sync {
     /// [`BackendError`] when the store cannot be read or decrypted.
     fn open_message(&self, id: &str) -> Result<Option<HeldContent>, BackendError>;
 
-    /// Replaces the passcode hash and resets the failure count.
+    /// Replaces the passcode hash, set at `now` (Unix milliseconds), and resets the failure
+    /// count.
     ///
     /// # Errors
     ///
     /// [`BackendError`] when the store cannot be written.
-    fn set_passcode(&self, id: &str, hash: &[u8], expires_at: i64) -> Result<(), BackendError>;
+    fn set_passcode(&self, id: &str, hash: &[u8], now: i64) -> Result<(), BackendError>;
 
-    /// Returns the current passcode record, if any.
+    /// Returns the outstanding passcode, if any.
     ///
     /// # Errors
     ///
@@ -167,10 +168,10 @@ impl HeldMessages for MemoryHeldMessages {
         Ok(self.lock().messages.get(id).cloned())
     }
 
-    fn set_passcode(&self, id: &str, hash: &[u8], expires_at: i64) -> Result<(), BackendError> {
+    fn set_passcode(&self, id: &str, hash: &[u8], now: i64) -> Result<(), BackendError> {
         let record = PasscodeRecord {
             hash: hash.to_vec(),
-            expires_at,
+            created_at: now,
             failures: 0,
         };
         self.lock().passcodes.insert(id.to_string(), record);

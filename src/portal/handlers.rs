@@ -88,8 +88,7 @@ pub async fn send_passcode(
     let code = passcode::generate(settings.passcode_digits);
     let hash = passcode::hash(&context.passcode_key, &link.id, &link.recipient, &code);
     let lifetime = settings.passcode_lifetime;
-    let expires_at = now_millis() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
-    context.store.set_passcode(&link.id, &hash, expires_at)?;
+    context.store.set_passcode(&link.id, &hash, now_millis())?;
     let mail = build_passcode_mail(
         &settings.passcode_sender,
         &settings.organisation,
@@ -131,7 +130,8 @@ pub async fn verify_passcode(
         context.store.clear_passcode(&link.id)?;
         return Err(locked_out(&context, &link));
     }
-    if now_millis() >= record.expires_at {
+    let lifetime = i64::try_from(settings.passcode_lifetime.as_millis()).unwrap_or(i64::MAX);
+    if now_millis() >= record.created_at.saturating_add(lifetime) {
         context.store.clear_passcode(&link.id)?;
         let expired = "This passcode has expired. Ask for a new one.";
         return Ok(passcode_page(

@@ -17,6 +17,7 @@
 mod backend;
 pub mod download;
 mod handlers;
+mod hold;
 mod message;
 pub mod passcode;
 mod reply;
@@ -40,8 +41,10 @@ pub use backend::{
     AuditEvent, BackendError, HeldContent, HeldLink, HeldMessages, LinkStatus, MemoryHeldMessages,
     PasscodeRecord,
 };
+pub use hold::StoreBackend;
 pub use passcode::SendLimits;
 
+use crate::config::Config;
 use crate::queue::Spool;
 use passcode::SendLimiter;
 use session::Sessions;
@@ -85,6 +88,29 @@ pub struct PortalSettings {
 }
 
 impl PortalSettings {
+    /// Takes the settings from `[portal]`, with `portal.passcode_digits` kept within 6 to 8
+    /// and replies limited to `inbound.max_message_size`.
+    pub fn from_config(config: &Config) -> PortalSettings {
+        let portal = &config.portal;
+        let hostname = &config.server.hostname;
+        let digits = portal
+            .passcode_digits
+            .clamp(u32::from(passcode::MIN_DIGITS), u32::from(passcode::MAX_DIGITS));
+        PortalSettings {
+            base_url: portal.public_url(hostname),
+            organisation: portal.organisation_name(hostname).to_string(),
+            passcode_sender: portal.from_address(hostname),
+            passcode_digits: u8::try_from(digits).unwrap_or(passcode::MIN_DIGITS),
+            passcode_lifetime: portal.passcode_lifetime.0,
+            max_passcode_attempts: portal.max_passcode_attempts,
+            session_lifetime: portal.session_lifetime.0,
+            send_limits: SendLimits::default(),
+            max_reply_size: usize::try_from(config.inbound.max_message_size.0)
+                .unwrap_or(usize::MAX),
+            tls: portal.tls,
+        }
+    }
+
     /// Whether browsers reach the portal over HTTPS, directly or through a proxy, which
     /// turns on `Secure` cookies and HSTS.
     pub fn https(&self) -> bool {

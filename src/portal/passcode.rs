@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
+/// Fewest digits in a passcode; shorter settings are raised to it.
+pub const MIN_DIGITS: u8 = 6;
+/// Most digits in a passcode; longer settings are cut to it.
+pub const MAX_DIGITS: u8 = 8;
+
 /// Draws a passcode of `digits` decimal digits (leading zeros kept).
 pub fn generate(digits: u8) -> String {
-    let digits = u32::from(digits.clamp(6, 9));
+    let digits = u32::from(digits.clamp(MIN_DIGITS, MAX_DIGITS));
     let value = rand::rng().random_range(0..10u64.pow(digits));
     format!("{value:0width$}", width = digits as usize)
 }
@@ -54,6 +59,19 @@ pub struct SendLimits {
     pub window: Duration,
     /// Wait after too many wrong passcodes before a new passcode may be mailed.
     pub lockout_cooldown: Duration,
+}
+
+impl Default for SendLimits {
+    /// A new passcode after a minute, at most five an hour, and a 15-minute wait after a
+    /// lockout.
+    fn default() -> SendLimits {
+        SendLimits {
+            resend_interval: Duration::from_secs(60),
+            max_per_window: 5,
+            window: Duration::from_secs(3600),
+            lockout_cooldown: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// Remembers when passcodes were mailed and when a message was locked, per held message.
