@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use sealgate::audit::AuditLog;
 use sealgate::config::{Config, EXAMPLE_CONFIG};
 use sealgate::delivery::SmtpCourier;
 use sealgate::envelope::{QueueId, display_address};
@@ -13,9 +14,11 @@ use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
 use sealgate::policy::classify::{self, Classifier};
 use sealgate::policy::{CertificateSource, Router};
+use sealgate::portal;
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use sealgate::smime::{CertificateDirectory, Smime};
+use sealgate::store::{HoldStore, StoreError};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -208,6 +211,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     .with_smime(smime, certificates);
     let mut manager = tokio::spawn(manager.run());
 
+    start_portal(&config, spool.clone(), Arc::clone(&tls)).await?;
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
         Some(tokio_rustls::TlsAcceptor::from(tls)),
@@ -236,6 +240,43 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
             Err(format!("queue manager stopped: {reason}"))
         }
     }
+}
+
+/// Starts the recipient portal on `portal.listen`, with the inbound TLS certificate when
+/// `portal.tls` is set. Without a store master key there is nothing to collect, so the
+/// portal stays off and a warning says why.
+async fn start_portal(
+    config: &Config,
+    spool: Spool,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(), String> {
+    let address = config.portal.listen;
+    portal::check_listen_address(address, config.portal.tls, false)?;
+    let store = match HoldStore::open(config) {
+        Ok(store) => store,
+        Err(error @ StoreError::MasterKeyMissing { .. }) => {
+            tracing::warn!(%error, "portal not started: the hold store has no master key");
+            return Ok(());
+        }
+        Err(error) => return Err(format!("failed to open the hold store: {error}")),
+    };
+    let audit = AuditLog::open(config).map_err(|error| error.to_string())?;
+    let acceptor = config
+        .portal
+        .tls
+        .then(|| tokio_rustls::TlsAcceptor::from(tls));
+    let context = Arc::new(portal::PortalContext::new(
+        portal::PortalSettings::from_config(config),
+        Arc::new(portal::StoreBackend::new(store, audit)),
+        spool,
+        acceptor,
+    ));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("failed to listen on {address} for the portal: {error}"))?;
+    tracing::info!(%address, tls = config.portal.tls, "portal listening");
+    tokio::spawn(portal::serve_portal(listener, context));
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -445,11 +445,13 @@ fn download(content_type: &'static str, disposition: &str, bytes: Vec<u8>) -> Re
     response
 }
 
-/// Rejects a cross-site request: `Origin` must be the portal's own, and without `Origin`
-/// a browser's `Sec-Fetch-Site` must say same-origin.
+/// Rejects a cross-site request: every `Origin` header must be the portal's own, and
+/// without `Origin` a browser's `Sec-Fetch-Site` must say same-origin.
 fn check_origin(context: &PortalContext, headers: &HeaderMap) -> Result<(), PortalError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if origin.as_bytes() != context.settings.origin().as_bytes() {
+    let origins = headers.get_all(header::ORIGIN);
+    if origins.iter().next().is_some() {
+        let expected = context.settings.origin().as_bytes();
+        if origins.iter().any(|origin| origin.as_bytes() != expected) {
             return Err(PortalError::Forbidden);
         }
     } else if let Some(site) = headers.get("sec-fetch-site")

@@ -93,9 +93,10 @@ impl PortalSettings {
     pub fn from_config(config: &Config) -> PortalSettings {
         let portal = &config.portal;
         let hostname = &config.server.hostname;
-        let digits = portal
-            .passcode_digits
-            .clamp(u32::from(passcode::MIN_DIGITS), u32::from(passcode::MAX_DIGITS));
+        let digits = portal.passcode_digits.clamp(
+            u32::from(passcode::MIN_DIGITS),
+            u32::from(passcode::MAX_DIGITS),
+        );
         PortalSettings {
             base_url: portal.public_url(hostname),
             organisation: portal.organisation_name(hostname).to_string(),

@@ -136,9 +136,13 @@ pub fn create_master_key(keys_dir: &Path) -> Result<(u32, PathBuf), StoreError> 
 /// As for [`create_master_key`].
 pub fn ensure_master_key(keys_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
     let exists = std::fs::read_dir(keys_dir).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|entry| entry.file_name().to_str().and_then(parse_file_name).is_some())
+        entries.filter_map(Result::ok).any(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(parse_file_name)
+                .is_some()
+        })
     });
     if exists {
         return Ok(None);

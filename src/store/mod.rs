@@ -76,7 +76,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// No master key file with the needed id exists.
-    #[error("master key {path} not found; create one with `sealgate init` or `sealgate held new-key`")]
+    #[error(
+        "master key {path} not found; create one with `sealgate init` or `sealgate held new-key`"
+    )]
     MasterKeyMissing {
         /// The file that was expected.
         path: PathBuf,
@@ -574,9 +576,8 @@ impl HoldStore {
             let mut statement = connection.prepare_cached(
                 "SELECT id, expires_at FROM held_messages WHERE queue_id = ?1 AND state = 'active'",
             )?;
-            let rows = statement.query_map([&envelope.queue_id], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
+            let rows =
+                statement.query_map([&envelope.queue_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         for (id, expires_at) in candidates {

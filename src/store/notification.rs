@@ -141,7 +141,10 @@ pub fn build_sender_receipt(
     MessageBuilder::new()
         .from((organisation, from.as_str()))
         .to(envelope.sender.as_str())
-        .subject(format!("Held for secure collection: {}", envelope.recipient))
+        .subject(format!(
+            "Held for secure collection: {}",
+            envelope.recipient
+        ))
         .message_id(message_id(hostname))
         .header(NOTIFICATION_HEADER, Raw::new("sender-receipt"))
         .header("Auto-Submitted", Raw::new("auto-generated"))
