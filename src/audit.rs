@@ -173,3 +173,42 @@ impl AuditLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_appends_entries_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::development();
+        config.server.data_dir = dir.path().join("data");
+        let audit = AuditLog::open(&config).unwrap();
+        let id = HeldId::parse("00000000000000AB").unwrap();
+
+        audit
+            .record(
+                AuditEvent::NotificationSent,
+                Some(&id),
+                Some("0123456789ABCDEF"),
+                "notification X",
+            )
+            .unwrap();
+        audit
+            .record(
+                AuditEvent::PasscodeFailed,
+                Some(&id),
+                None,
+                "client\r\n203.0.113.9",
+            )
+            .unwrap();
+
+        let entries = audit.entries_for(&id).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].event, "portal.notification.sent");
+        assert_eq!(entries[0].queue_id.as_deref(), Some("0123456789ABCDEF"));
+        assert_eq!(entries[1].event, "portal.passcode.failed");
+        assert_eq!(entries[1].detail, "client  203.0.113.9");
+        assert!(entries[0].id < entries[1].id);
+    }
+}

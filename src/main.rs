@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sealgate::audit::AuditLog;
+use sealgate::audit::{AuditEvent, AuditLog};
 use sealgate::config::{Config, EXAMPLE_CONFIG};
 use sealgate::delivery::SmtpCourier;
 use sealgate::envelope::{QueueId, display_address};
@@ -18,7 +18,7 @@ use sealgate::portal;
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use sealgate::smime::{CertificateDirectory, Smime};
-use sealgate::store::{HoldStore, StoreError};
+use sealgate::store::{self as hold, HeldId, HoldStore};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -58,6 +58,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// Inspect, revoke and expire messages held for the portal.
+    Held {
+        /// Config file (for the data and keys folders); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: HeldAction,
     },
     /// List and check the S/MIME recipient certificates.
     Certs {
@@ -115,6 +123,28 @@ enum QueueAction {
 }
 
 #[derive(Subcommand)]
+enum HeldAction {
+    /// One line per held message: id, state, created, expires.
+    List,
+    /// The decrypted envelope of one held message: queue id, sender, recipient, subject.
+    /// The message itself is never printed.
+    Show {
+        /// Held id.
+        id: String,
+    },
+    /// Delete a held message's content and key, so its link stops working.
+    Revoke {
+        /// Held id.
+        id: String,
+    },
+    /// Delete the content of every held message past its retention now.
+    Expire,
+    /// Create a master key with the next id; new messages use it unless
+    /// `store.master_key_id` names another.
+    NewKey,
+}
+
+#[derive(Subcommand)]
 enum CertsAction {
     /// One line per address: the certificate it gets, with subject, issuer, expiry and file.
     List,
@@ -139,6 +169,7 @@ fn main() -> ExitCode {
         Command::Init { dir } => init(&dir),
         Command::Queue { config, action } => queue(config.as_deref(), action),
         Command::Certs { config, action } => certs(config.as_deref(), action),
+        Command::Held { config, action } => held(config.as_deref(), action),
         Command::Route { config, recipients } => route(config.as_deref(), &recipients),
         Command::Explain {
             config,
@@ -181,6 +212,11 @@ fn serve(config_path: Option<&Path>) -> Result<(), String> {
                 "created a self-signed development TLS certificate; replace it before real use"
             );
         }
+        if let Some(path) =
+            hold::ensure_master_key(&config.server.keys_dir).map_err(|error| error.to_string())?
+        {
+            tracing::warn!(path = %path.display(), "created a hold store master key");
+        }
     }
 
     let runtime = tokio::runtime::Runtime::new()
@@ -209,9 +245,27 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     )
     .map_err(|error| error.to_string())?
     .with_smime(smime, certificates);
+    let hold_store = open_hold_store(&config);
+    let manager = match &hold_store {
+        Ok((hold_store, audit)) => manager.with_hold_store(hold_store.clone(), audit.clone()),
+        Err(error) => {
+            // Fail closed: without the store, portal mail stays held in the queue.
+            tracing::error!(%error, "hold store unavailable; portal mail stays held in the queue");
+            manager
+        }
+    };
     let mut manager = tokio::spawn(manager.run());
 
-    start_portal(&config, spool.clone(), Arc::clone(&tls)).await?;
+    if let Ok((hold_store, audit)) = hold_store {
+        // The SMTP side keeps working without the portal; held mail waits for it.
+        if let Err(error) =
+            start_portal(&config, spool.clone(), Arc::clone(&tls), hold_store, audit).await
+        {
+            tracing::error!(%error, "portal not started");
+        }
+    } else {
+        tracing::warn!("portal not started: the hold store is unavailable");
+    }
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
         Some(tokio_rustls::TlsAcceptor::from(tls)),
@@ -243,24 +297,16 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
 }
 
 /// Starts the recipient portal on `portal.listen`, with the inbound TLS certificate when
-/// `portal.tls` is set. Without a store master key there is nothing to collect, so the
-/// portal stays off and a warning says why.
+/// `portal.tls` is set.
 async fn start_portal(
     config: &Config,
     spool: Spool,
     tls: Arc<rustls::ServerConfig>,
+    store: HoldStore,
+    audit: AuditLog,
 ) -> Result<(), String> {
     let address = config.portal.listen;
     portal::check_listen_address(address, config.portal.tls, false)?;
-    let store = match HoldStore::open(config) {
-        Ok(store) => store,
-        Err(error @ StoreError::MasterKeyMissing { .. }) => {
-            tracing::warn!(%error, "portal not started: the hold store has no master key");
-            return Ok(());
-        }
-        Err(error) => return Err(format!("failed to open the hold store: {error}")),
-    };
-    let audit = AuditLog::open(config).map_err(|error| error.to_string())?;
     let acceptor = config
         .portal
         .tls
@@ -358,6 +404,13 @@ fn init(dir: &Path) -> Result<(), String> {
         );
     } else {
         println!("kept existing keys in {}", keys_dir.display());
+    }
+    match hold::ensure_master_key(&keys_dir).map_err(|error| error.to_string())? {
+        Some(path) => println!("wrote a hold store master key to {}", path.display()),
+        None => println!(
+            "kept existing hold store master key(s) in {}",
+            keys_dir.display()
+        ),
     }
     println!(
         "check it with: sealgate check-config {}",
@@ -470,6 +523,117 @@ fn queue(config_path: Option<&Path>, action: QueueAction) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+fn open_hold_store(config: &Config) -> Result<(HoldStore, AuditLog), String> {
+    let hold_store = HoldStore::open(config).map_err(|error| error.to_string())?;
+    let audit = AuditLog::open(config).map_err(|error| error.to_string())?;
+    Ok((hold_store, audit))
+}
+
+fn parse_held_id(text: &str) -> Result<HeldId, String> {
+    HeldId::parse(text).ok_or_else(|| format!("invalid held id {text:?}: expected 16 hex digits"))
+}
+
+fn held(config_path: Option<&Path>, action: HeldAction) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    if let HeldAction::NewKey = action {
+        let (id, path) =
+            hold::create_master_key(&config.server.keys_dir).map_err(|error| error.to_string())?;
+        println!("wrote master key {id} to {}", path.display());
+        return Ok(());
+    }
+    if !config.database_path().exists() {
+        return Err(format!(
+            "no queue database at {}; check server.data_dir or start `sealgate serve` once",
+            config.database_path().display()
+        ));
+    }
+    let (store, audit) = open_hold_store(&config)?;
+    let error = |error: hold::StoreError| error.to_string();
+    match action {
+        HeldAction::List => {
+            let held = store.list().map_err(error)?;
+            for summary in &held {
+                println!(
+                    "{}  {:<7}  created {}  expires {}",
+                    summary.id,
+                    summary.state,
+                    format_time(summary.created_at),
+                    format_time(summary.expires_at)
+                );
+            }
+            println!("{} held message(s)", held.len());
+        }
+        HeldAction::Show { id } => {
+            let id = parse_held_id(&id)?;
+            let summary = store
+                .list()
+                .map_err(error)?
+                .into_iter()
+                .find(|summary| summary.id == id)
+                .ok_or_else(|| format!("held message {id} not found"))?;
+            println!("id: {}", summary.id);
+            println!("state: {}", summary.state);
+            println!("created: {}", format_time(summary.created_at));
+            println!("expires: {}", format_time(summary.expires_at));
+            if let Some(key_id) = store.key_id(&id).map_err(error)? {
+                println!("master key: {key_id}");
+            }
+            match store.open_envelope(&id) {
+                Ok(envelope) => {
+                    println!(
+                        "queue id: {}",
+                        sealgate::telemetry::escape(&envelope.queue_id)
+                    );
+                    println!("from: {}", display_address(&envelope.sender));
+                    println!("to: {}", display_address(&envelope.recipient));
+                    println!(
+                        "subject: {}",
+                        sealgate::telemetry::escape(&envelope.subject)
+                    );
+                }
+                Err(hold::StoreError::NotActive { .. }) => {
+                    println!("envelope: deleted with the content");
+                }
+                Err(other) => return Err(other.to_string()),
+            }
+        }
+        HeldAction::Revoke { id } => {
+            let id = parse_held_id(&id)?;
+            if store.revoke(&id).map_err(error)? {
+                audit
+                    .record(AuditEvent::Revoked, Some(&id), None, "sealgate held revoke")
+                    .map_err(error)?;
+                println!("revoked {id}");
+            } else {
+                return Err(format!(
+                    "held message {id} is not active; nothing to revoke"
+                ));
+            }
+        }
+        HeldAction::Expire => {
+            let ids = store.expire_due_ids(now_millis()).map_err(error)?;
+            for id in &ids {
+                audit
+                    .record(AuditEvent::Expired, Some(id), None, "sealgate held expire")
+                    .map_err(error)?;
+            }
+            println!("{} held message(s) expired", ids.len());
+        }
+        HeldAction::NewKey => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Formats Unix milliseconds as `2026-12-03 14:05:09Z`.
+fn format_time(millis: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(millis / 1000)
+        .ok()
+        .and_then(|moment| moment.format(&format).ok())
+        .unwrap_or_else(|| millis.to_string())
 }
 
 fn certs(config_path: Option<&Path>, action: CertsAction) -> Result<(), String> {

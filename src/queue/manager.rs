@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use super::dsn::{self, FailedRecipient};
 use super::store::{AttemptRecord, MessageSummary, RecipientState, Store, now_millis};
 use super::{QueueError, Spool};
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::delivery::{
     AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, TlsOutcome,
@@ -22,13 +23,19 @@ use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, dom
 use crate::policy::classify::{self, Classifier};
 use crate::policy::{CertificateSource, NoCertificates, Route, Router, TlsRequirement};
 use crate::smime::{CertificateDirectory, Smime, SmimeOutcome};
+use crate::store::HoldStore;
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
+
+use super::portal::PortalHold;
 
 /// Recipients claimed per scan at most.
 const CLAIM_BATCH: usize = 200;
 /// How long a claim lasts. Longer than any attempt can take with the default timeouts; a
 /// claim left by a crashed process is released when the next one starts.
 const CLAIM_LEASE: Duration = Duration::from_secs(4 * 3600);
+
+/// How often held messages past their retention are expired.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The queue manager and its delivery workers.
 pub struct QueueManager {
@@ -40,6 +47,7 @@ pub struct QueueManager {
     classifier: Arc<Classifier>,
     certificates: Arc<dyn CertificateSource>,
     smime: Option<SmimeEncryption>,
+    portal: Option<PortalHold>,
     wake: Arc<Notify>,
 }
 
@@ -73,6 +81,7 @@ impl QueueManager {
             classifier: Arc::new(classifier),
             certificates: Arc::new(NoCertificates),
             smime: None,
+            portal: None,
             config,
             store: Arc::new(Mutex::new(store)),
             transport,
@@ -93,6 +102,13 @@ impl QueueManager {
         self
     }
 
+    /// Moves `portal` recipients into `hold_store`, queues their notifications and records
+    /// both in `audit`. Without this, `portal` recipients stay held.
+    pub fn with_hold_store(mut self, hold_store: HoldStore, audit: AuditLog) -> QueueManager {
+        self.portal = Some(PortalHold::new(Arc::clone(&self.config), hold_store, audit));
+        self
+    }
+
     /// Runs until the process ends.
     pub async fn run(self) {
         match self.with_store(|store| store.release_claims()).await {
@@ -109,8 +125,18 @@ impl QueueManager {
         let (done_sender, mut done_receiver) = mpsc::channel(256);
         let workers = Arc::new(Semaphore::new(self.config.delivery.concurrency));
         let scan_interval = self.config.queue.scan_interval.0;
+        let mut last_expiry: Option<Instant> = None;
         loop {
             self.route_incoming().await;
+            if let Some(portal) = &self.portal {
+                for id in portal.hold_due(&self.store).await {
+                    self.report_bounces(&id).await;
+                }
+                if last_expiry.is_none_or(|at| at.elapsed() >= EXPIRY_INTERVAL) {
+                    portal.expire_due().await;
+                    last_expiry = Some(Instant::now());
+                }
+            }
             self.report_leftover_bounces().await;
             self.dispatch_due(&done_sender, &workers).await;
             tokio::select! {
@@ -166,9 +192,12 @@ impl QueueManager {
                 .map(|row| row.address)
                 .collect();
             let lookup = id.clone();
-            let body = match self.with_store(move |store| store.body(&lookup)).await {
-                Ok(Some(body)) => body,
-                Ok(None) => continue,
+            let loaded = self
+                .with_store(move |store| Ok((store.message(&lookup)?, store.body(&lookup)?)))
+                .await;
+            let (summary, body) = match loaded {
+                Ok((Some(summary), Some(body))) => (summary, body),
+                Ok(_) => continue,
                 Err(error) => {
                     tracing::error!(queue_id = %id, %error, "failed to read message for routing");
                     continue;
@@ -176,7 +205,14 @@ impl QueueManager {
             };
             let classifier = Arc::clone(&self.classifier);
             let classify_config = self.config.policy.classify.clone();
+            // A notification sealgate wrote contains no content of the held message, and
+            // classifying it (its link could look like a sensitive pattern) would send it
+            // to the portal again.
+            let is_notification = summary.is_notification;
             let classified = tokio::task::spawn_blocking(move || {
+                if is_notification {
+                    return (classify::Classification::default(), None);
+                }
                 let classification = classifier.classify(&body);
                 let stripped = classify::strip_subject_tags(&body, &classify_config);
                 (classification, stripped)

@@ -3,6 +3,7 @@
 
 pub mod dsn;
 mod manager;
+mod portal;
 mod spool;
 pub mod store;
 

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS messages (
     client      TEXT NOT NULL,
     auth_user   TEXT,
     is_dsn      INTEGER NOT NULL,
-    body        BLOB NOT NULL
+    body        BLOB NOT NULL,
+    notification INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id    TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -59,6 +60,8 @@ pub enum RecipientState {
     Pending,
     /// Held by its route (`portal` or `review`); never delivered by SMTP.
     Held,
+    /// Moved into the encrypted hold store and notified; final.
+    Portal,
     /// Accepted by the next hop.
     Sent,
     /// Failed permanently or expired; a DSN has been queued when the sender is not `<>`.
@@ -115,6 +118,9 @@ pub struct MessageSummary {
     pub client: String,
     /// The message is a DSN sealgate wrote.
     pub is_dsn: bool,
+    /// The message is a portal notification or sender receipt sealgate wrote, which is
+    /// routed without classification.
+    pub is_notification: bool,
 }
 
 /// The last result of an attempt, stored per recipient.
@@ -154,7 +160,11 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted bodies are overwritten rather than left in free pages, which matters once
+        // a `portal` message has moved into the encrypted hold store.
+        connection.pragma_update(None, "secure_delete", "ON")?;
         connection.execute_batch(SCHEMA)?;
+        add_notification_column(&connection)?;
         Ok(Store { connection })
     }
 
@@ -166,44 +176,8 @@ impl Store {
     ) -> Result<(), QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        {
-            let mut insert_message = transaction.prepare_cached(
-                "INSERT INTO messages (id, sender, received_at, size, body_8bit, smtputf8,
-                     client, auth_user, is_dsn, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            let mut insert_recipient = transaction.prepare_cached(
-                "INSERT INTO recipients (message_id, position, address, state, next_attempt)
-                 VALUES (?1, ?2, ?3, 'incoming', ?4)",
-            )?;
-            for (id, message, is_dsn) in messages {
-                let client = format!(
-                    "{}[{}]:{}",
-                    message.client.helo,
-                    message.client.addr.ip(),
-                    message.client.addr.port()
-                );
-                insert_message.execute(params![
-                    id.as_str(),
-                    message.sender,
-                    now,
-                    message.body.len() as i64,
-                    message.body_8bit,
-                    message.smtputf8,
-                    client,
-                    message.client.auth_user,
-                    is_dsn,
-                    message.body,
-                ])?;
-                for (position, address) in message.recipients.iter().enumerate() {
-                    insert_recipient.execute(params![
-                        id.as_str(),
-                        position as i64,
-                        address,
-                        now
-                    ])?;
-                }
-            }
+        for (id, message, is_dsn) in messages {
+            insert_message(&transaction, id, message, *is_dsn, false, now)?;
         }
         transaction.commit()?;
         Ok(())
@@ -318,7 +292,8 @@ impl Store {
     /// Reads a message's summary.
     pub fn message(&self, id: &QueueId) -> Result<Option<MessageSummary>, QueueError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn
+            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn,
+                    notification
              FROM messages WHERE id = ?1",
         )?;
         Ok(statement
@@ -461,6 +436,80 @@ impl Store {
         Ok(deleted > 0)
     }
 
+    /// `(message id, address)` of held `portal` recipients not yet moved into the hold
+    /// store whose next try is due, oldest first.
+    pub fn due_portal_recipients(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, String)>, QueueError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT message_id, address FROM recipients
+             WHERE state = 'held' AND route = 'portal' AND next_attempt <= ?1
+             ORDER BY next_attempt LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![now, limit as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, address)| QueueId::parse(&id).map(|id| (id, address)))
+            .collect())
+    }
+
+    /// Puts off the next try to move a held `portal` recipient into the hold store.
+    pub fn defer_portal(
+        &self,
+        id: &QueueId,
+        address: &str,
+        next_attempt: i64,
+        detail: &str,
+    ) -> Result<(), QueueError> {
+        self.connection.execute(
+            "UPDATE recipients SET next_attempt = ?3, attempts = attempts + 1, last_detail = ?4
+             WHERE message_id = ?1 AND address = ?2 AND state = 'held'",
+            params![id.as_str(), address, next_attempt, detail],
+        )?;
+        Ok(())
+    }
+
+    /// In one transaction, queues the notifications for a held `portal` recipient and
+    /// moves it to the final state `portal`, so that a crash leaves either both or
+    /// neither. Returns false, queueing nothing, when the recipient was no longer held.
+    pub fn complete_portal(
+        &mut self,
+        id: &QueueId,
+        address: &str,
+        record: &AttemptRecord,
+        notifications: &[(QueueId, AcceptedMessage)],
+    ) -> Result<bool, QueueError> {
+        let now = now_millis();
+        let transaction = self.connection.transaction()?;
+        let updated = transaction.execute(
+            "UPDATE recipients SET state = 'portal', attempts = attempts + 1, next_attempt = ?3,
+                 last_status = ?4, last_relay = NULL, last_tls = ?5, last_detail = ?6
+             WHERE message_id = ?1 AND address = ?2 AND state = 'held' AND route = 'portal'",
+            params![
+                id.as_str(),
+                address,
+                now,
+                record.status,
+                record.tls,
+                record.detail
+            ],
+        )?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        for (notification_id, message) in notifications {
+            insert_message(&transaction, notification_id, message, false, true, now)?;
+        }
+        transaction.commit()?;
+        Ok(true)
+    }
+
     /// Makes every pending recipient due now; returns how many.
     pub fn flush(&self) -> Result<usize, QueueError> {
         Ok(self.connection.execute(
@@ -472,7 +521,8 @@ impl Store {
     /// Summaries of every message in the queue, oldest first.
     pub fn list(&self) -> Result<Vec<MessageSummary>, QueueError> {
         let mut statement = self.connection.prepare(
-            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn
+            "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn,
+                    notification
              FROM messages ORDER BY received_at",
         )?;
         let rows = statement.query_map([], summary_from_row)?;
@@ -506,7 +556,64 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageSummary>
         smtputf8: row.get(6)?,
         client: row.get(7)?,
         is_dsn: row.get(8)?,
+        is_notification: row.get(9)?,
     })
+}
+
+/// Inserts one message and its recipients, all `incoming`.
+fn insert_message(
+    connection: &Connection,
+    id: &QueueId,
+    message: &AcceptedMessage,
+    is_dsn: bool,
+    notification: bool,
+    now: i64,
+) -> Result<(), QueueError> {
+    let mut insert_message = connection.prepare_cached(
+        "INSERT INTO messages (id, sender, received_at, size, body_8bit, smtputf8,
+             client, auth_user, is_dsn, body, notification)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut insert_recipient = connection.prepare_cached(
+        "INSERT INTO recipients (message_id, position, address, state, next_attempt)
+         VALUES (?1, ?2, ?3, 'incoming', ?4)",
+    )?;
+    let client = format!(
+        "{}[{}]:{}",
+        message.client.helo,
+        message.client.addr.ip(),
+        message.client.addr.port()
+    );
+    insert_message.execute(params![
+        id.as_str(),
+        message.sender,
+        now,
+        message.body.len() as i64,
+        message.body_8bit,
+        message.smtputf8,
+        client,
+        message.client.auth_user,
+        is_dsn,
+        message.body,
+        notification,
+    ])?;
+    for (position, address) in message.recipients.iter().enumerate() {
+        insert_recipient.execute(params![id.as_str(), position as i64, address, now])?;
+    }
+    Ok(())
+}
+
+/// Adds the `notification` column to a database created before it existed.
+fn add_notification_column(connection: &Connection) -> Result<(), QueueError> {
+    let present = connection
+        .prepare("SELECT notification FROM messages LIMIT 0")
+        .is_ok();
+    if !present {
+        connection.execute_batch(
+            "ALTER TABLE messages ADD COLUMN notification INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
 }
 
 fn collect_ids(
@@ -526,6 +633,7 @@ fn state_name(state: RecipientState) -> &'static str {
         RecipientState::Incoming => "incoming",
         RecipientState::Pending => "pending",
         RecipientState::Held => "held",
+        RecipientState::Portal => "portal",
         RecipientState::Sent => "sent",
         RecipientState::Bounced => "bounced",
     }
@@ -535,6 +643,7 @@ fn parse_state(name: &str) -> RecipientState {
     match name {
         "incoming" => RecipientState::Incoming,
         "held" => RecipientState::Held,
+        "portal" => RecipientState::Portal,
         "sent" => RecipientState::Sent,
         "bounced" => RecipientState::Bounced,
         _ => RecipientState::Pending,

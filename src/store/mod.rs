@@ -764,3 +764,6 @@ fn decode_envelope(mut bytes: &[u8]) -> Option<HeldEnvelope> {
         subject,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! The `portal` route's step in the queue: each held `portal` recipient's copy moves into
+//! the encrypted hold store, and a notification with the portal link is queued in its
+//! place. The notification and the recipient's final state `portal` are committed in one
+//! transaction. A crash before that commit leaves the recipient held, and the next try
+//! reuses the stored copy with a fresh token, so the message is never stored twice and
+//! never delivered by SMTP.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mail_parser::MessageParser;
+
+use super::QueueError;
+use super::store::{AttemptRecord, MessageSummary, Store, now_millis};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::Config;
+use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address};
+use crate::store::notification::{build_notification, build_sender_receipt};
+use crate::store::{HeldEnvelope, HoldStore, NewHold};
+use crate::telemetry::{MAIL_LOG, escape};
+
+/// Recipients moved per scan at most.
+const HOLD_BATCH: usize = 50;
+/// Wait before retrying a recipient whose hold or notification failed.
+const RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// The hold store and audit log as the queue manager uses them.
+pub(super) struct PortalHold {
+    config: Arc<Config>,
+    hold_store: HoldStore,
+    audit: AuditLog,
+}
+
+impl PortalHold {
+    pub(super) fn new(config: Arc<Config>, hold_store: HoldStore, audit: AuditLog) -> PortalHold {
+        PortalHold {
+            config,
+            hold_store,
+            audit,
+        }
+    }
+
+    /// Moves every due `portal` recipient into the hold store; returns the queue ids of
+    /// messages that had a recipient moved, which may now be done.
+    pub(super) async fn hold_due(&self, store: &Arc<Mutex<Store>>) -> Vec<QueueId> {
+        let now = now_millis();
+        let due = match blocking(store, move |store| {
+            store.due_portal_recipients(now, HOLD_BATCH)
+        })
+        .await
+        {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "failed to read portal recipients");
+                return Vec::new();
+            }
+        };
+        let mut moved = Vec::new();
+        for (id, address) in due {
+            match self.hold_one(store, &id, &address).await {
+                Ok(true) => moved.push(id),
+                Ok(false) => {}
+                Err(detail) => {
+                    // Fail closed: the recipient stays held and is tried again later.
+                    tracing::error!(
+                        queue_id = %id,
+                        recipient = %display_address(&address),
+                        error = %escape(&detail),
+                        "failed to hold message for the portal; retrying in {}s",
+                        RETRY_DELAY.as_secs()
+                    );
+                    let next = now_millis() + RETRY_DELAY.as_millis() as i64;
+                    let target = id.clone();
+                    if let Err(error) = blocking(store, move |store| {
+                        store.defer_portal(&target, &address, next, &detail)
+                    })
+                    .await
+                    {
+                        tracing::error!(queue_id = %id, %error, "failed to defer portal recipient");
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Expires held messages past their retention and audits each.
+    pub(super) async fn expire_due(&self) {
+        let hold_store = self.hold_store.clone();
+        let expired =
+            tokio::task::spawn_blocking(move || hold_store.expire_due_ids(now_millis())).await;
+        let ids = match expired {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "failed to expire held messages");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "held message expiry task failed");
+                return;
+            }
+        };
+        for id in ids {
+            tracing::info!(target: MAIL_LOG, "held {id}: expired, content deleted");
+            if let Err(error) = self.audit.record(AuditEvent::Expired, Some(&id), None, "") {
+                tracing::error!(held_id = %id, %error, "failed to audit expiry");
+            }
+        }
+    }
+
+    /// Holds one recipient's copy and queues its notification. Returns false when the
+    /// recipient was no longer held when the result was committed.
+    async fn hold_one(
+        &self,
+        store: &Arc<Mutex<Store>>,
+        id: &QueueId,
+        address: &str,
+    ) -> Result<bool, String> {
+        let lookup = id.clone();
+        let (summary, body) = match blocking(store, move |store| {
+            Ok((store.message(&lookup)?, store.body(&lookup)?))
+        })
+        .await
+        {
+            Ok((Some(summary), Some(body))) => (summary, body),
+            Ok(_) => return Ok(false),
+            Err(error) => return Err(format!("failed to read the message: {error}")),
+        };
+        let envelope = HeldEnvelope {
+            queue_id: id.to_string(),
+            sender: summary.sender.clone(),
+            recipient: address.to_owned(),
+            subject: subject_of(&body),
+        };
+
+        let hold_store = self.hold_store.clone();
+        let held_envelope = envelope.clone();
+        let new_hold = tokio::task::spawn_blocking(move || hold_store.hold(&body, &held_envelope))
+            .await
+            .map_err(|error| format!("hold task failed: {error}"))?
+            .map_err(|error| error.to_string())?;
+
+        let notifications = self.build_mails(&summary, &envelope, &new_hold)?;
+        let notification_id = notifications[0].0.clone();
+        let receipt = notifications.get(1).map(|(id, _)| id.to_string());
+        let record = AttemptRecord {
+            status: "2.0.0".into(),
+            relay: None,
+            tls: "none".into(),
+            detail: format!("held id {}, notification {notification_id}", new_hold.id),
+        };
+        let target = id.clone();
+        let recipient = address.to_owned();
+        let completed = blocking(store, move |store| {
+            store.complete_portal(&target, &recipient, &record, &notifications)
+        })
+        .await
+        .map_err(|error| format!("failed to queue the notification: {error}"))?;
+        if !completed {
+            // The recipient left the held state meanwhile (an operator deleted the
+            // message), so its copy in the hold store must not outlive it.
+            let _ = self.hold_store.revoke(&new_hold.id);
+            return Ok(false);
+        }
+
+        tracing::info!(
+            target: MAIL_LOG,
+            "{id}: to={}, route=portal, status=held (held id {}, notification {notification_id})",
+            display_address(address),
+            new_hold.id
+        );
+        if let Some(receipt) = &receipt {
+            tracing::info!(target: MAIL_LOG, "{id}: sender receipt: {receipt}");
+        }
+        let detail = format!("notification {notification_id}");
+        if let Err(error) = self.audit.record(
+            AuditEvent::NotificationSent,
+            Some(&new_hold.id),
+            Some(id.as_str()),
+            &detail,
+        ) {
+            tracing::error!(queue_id = %id, held_id = %new_hold.id, %error, "failed to audit notification");
+        }
+        Ok(true)
+    }
+
+    /// The notification, and the sender receipt when configured and the sender is not
+    /// `<>`, each with a new queue id.
+    fn build_mails(
+        &self,
+        summary: &MessageSummary,
+        envelope: &HeldEnvelope,
+        new_hold: &NewHold,
+    ) -> Result<Vec<(QueueId, AcceptedMessage)>, String> {
+        let config = &self.config;
+        let from = config.portal.from_address(&config.server.hostname);
+        let notification =
+            build_notification(config, envelope, &new_hold.token, new_hold.expires_at)?;
+        let mut mails = vec![(
+            QueueId::generate(),
+            self.accepted(&from, &envelope.recipient, notification),
+        )];
+        if config.portal.sender_receipt && !summary.sender.is_empty() {
+            let receipt = build_sender_receipt(config, envelope, new_hold.expires_at)?;
+            mails.push((
+                QueueId::generate(),
+                self.accepted(&from, &summary.sender, receipt),
+            ));
+        }
+        Ok(mails)
+    }
+
+    fn accepted(&self, sender: &str, recipient: &str, body: Vec<u8>) -> AcceptedMessage {
+        AcceptedMessage {
+            sender: sender.to_owned(),
+            recipients: vec![recipient.to_owned()],
+            body_8bit: body.iter().any(|byte| *byte > 127),
+            body,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                helo: self.config.server.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+        }
+    }
+}
+
+/// The decoded `Subject:` of a message, empty when it has none.
+fn subject_of(body: &[u8]) -> String {
+    MessageParser::default()
+        .parse_headers(body)
+        .and_then(|message| message.subject().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Mutex<Store>>,
+    operation: impl FnOnce(&mut Store) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        operation(&mut store)
+    })
+    .await
+    .unwrap_or_else(|join_error| Err(QueueError::CommitFailed(join_error.to_string())))
+}
