@@ -9,7 +9,7 @@ use std::sync::Mutex;
 #[error("hold store operation failed: {0}")]
 pub struct BackendError(pub String);
 
-/// What a link token leads to.
+/// The state of the held message that a link token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkStatus {
     /// A held message that may still be collected.
@@ -117,7 +117,7 @@ pub trait HeldMessages: Send + Sync {
 }
 
 /// An in-memory [`HeldMessages`] for tests and demonstrations; it keeps everything in the
-/// clear and forgets it on exit.
+/// clear and in memory only.
 #[derive(Default)]
 pub struct MemoryHeldMessages {
     state: Mutex<MemoryState>,

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-/// Longest file name offered to the browser, in characters; longer names are cut.
+/// Maximum length of a file name offered to the browser, in characters. Longer names are
+/// cut.
 const MAX_FILENAME_CHARS: usize = 120;
 
 /// Name used when an attachment has no usable name.

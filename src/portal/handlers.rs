@@ -19,7 +19,7 @@ use super::templates::{LinkPage, MessagePage, PasscodePage, RepliedPage, SignedO
 use super::{PortalContext, PortalError, passcode};
 use crate::queue::store::now_millis;
 
-/// Longest link token accepted; longer paths are unknown links without a store lookup.
+/// Maximum length of a link token. Longer ones are unknown links, without a store lookup.
 const MAX_TOKEN_LENGTH: usize = 128;
 
 type Context = State<Arc<PortalContext>>;
@@ -312,7 +312,7 @@ pub async fn style_sheet() -> Response {
         .into_response()
 }
 
-/// Every other path.
+/// Serves the unknown-link page for every other path.
 pub async fn not_found() -> PortalError {
     PortalError::UnknownLink
 }
@@ -445,19 +445,25 @@ fn download(content_type: &'static str, disposition: &str, bytes: Vec<u8>) -> Re
     response
 }
 
-/// Rejects a cross-site request: every `Origin` header must be the portal's own, and
-/// without `Origin` a browser's `Sec-Fetch-Site` must say same-origin.
+/// Rejects a cross-site request: every `Origin` header must be the portal's own, and a
+/// browser's `Sec-Fetch-Site`, when sent, must be `same-origin`.
+///
+/// Because every page has `Referrer-Policy: no-referrer`, Chromium sends `Origin: null` on
+/// the portal's own form posts. `null` therefore passes only together with
+/// `Sec-Fetch-Site: same-origin`, a header that pages cannot set.
 fn check_origin(context: &PortalContext, headers: &HeaderMap) -> Result<(), PortalError> {
-    let origins = headers.get_all(header::ORIGIN);
-    if origins.iter().next().is_some() {
-        let expected = context.settings.origin().as_bytes();
-        if origins.iter().any(|origin| origin.as_bytes() != expected) {
+    let same_origin_fetch = match headers.get("sec-fetch-site") {
+        Some(site) if site.as_bytes() != b"same-origin" => return Err(PortalError::Forbidden),
+        Some(_) => true,
+        None => false,
+    };
+    let expected = context.settings.origin().as_bytes();
+    for origin in headers.get_all(header::ORIGIN) {
+        let allowed =
+            origin.as_bytes() == expected || (origin.as_bytes() == b"null" && same_origin_fetch);
+        if !allowed {
             return Err(PortalError::Forbidden);
         }
-    } else if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
-        return Err(PortalError::Forbidden);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use mail_parser::{Address, Message, MessageParser, MimeHeaders};
 
 use super::sanitize::sanitize_html;
 
-/// What the message page shows.
+/// The parts of a held message that the message page shows.
 #[derive(Clone, Debug, Default)]
 pub struct MessageView {
     /// `From:` addresses, as `Name <address>`.

@@ -1,6 +1,6 @@
 //! The web portal where recipients of held messages collect them.
 //!
-//! A recipient opens the link from the notification (`/m/{token}`), asks for a one-time
+//! A recipient opens the link from the notification (`/m/{token}`), requests a one-time
 //! passcode, which is mailed to their address, enters it, and then reads the message,
 //! downloads attachments and the original `.eml`, and can send a reply. Opening the link
 //! only shows a page: sending the passcode and every other change is a `POST`, so link
@@ -112,13 +112,13 @@ impl PortalSettings {
         }
     }
 
-    /// Whether browsers reach the portal over HTTPS, directly or through a proxy, which
+    /// Returns whether browsers reach the portal over HTTPS, directly or through a proxy, which
     /// turns on `Secure` cookies and HSTS.
     pub fn https(&self) -> bool {
         self.tls || self.base_url.starts_with("https://")
     }
 
-    /// The origin (`scheme://host[:port]`) of `base_url`.
+    /// Returns the origin (`scheme://host[:port]`) of `base_url`.
     pub fn origin(&self) -> &str {
         let after_scheme = self.base_url.find("://").map_or(0, |at| at + 3);
         let end = self.base_url[after_scheme..]

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-/// Fewest digits in a passcode; shorter settings are raised to it.
+/// Minimum digits in a passcode. Shorter settings are raised to it.
 pub const MIN_DIGITS: u8 = 6;
-/// Most digits in a passcode; longer settings are cut to it.
+/// Maximum digits in a passcode. Longer settings are cut to it.
 pub const MAX_DIGITS: u8 = 8;
 
 /// Draws a passcode of `digits` decimal digits (leading zeros kept).
@@ -62,7 +62,7 @@ pub struct SendLimits {
 }
 
 impl Default for SendLimits {
-    /// A new passcode after a minute, at most five an hour, and a 15-minute wait after a
+    /// Allows a new passcode after a minute, at most five an hour, and a 15-minute wait after a
     /// lockout.
     fn default() -> SendLimits {
         SendLimits {
@@ -75,7 +75,7 @@ impl Default for SendLimits {
 }
 
 /// Remembers when passcodes were mailed and when a message was locked, per held message.
-/// The history is in memory, so a restart forgets it.
+/// The history is in memory, so a restart clears it.
 pub struct SendLimiter {
     limits: SendLimits,
     history: Mutex<HashMap<String, History>>,

@@ -41,7 +41,7 @@ pub struct Reply<'a> {
 ///
 /// # Errors
 ///
-/// An I/O error from mail-builder's writer, which only fails on memory exhaustion.
+/// An I/O error from mail-builder's writer. Writing to a `Vec` does not fail in practice.
 pub fn build_reply(reply: &Reply<'_>) -> std::io::Result<AcceptedMessage> {
     let subject = if reply
         .original_subject

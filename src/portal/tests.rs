@@ -126,7 +126,7 @@ impl Page {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The value of the first hidden `csrf` field.
+    /// Returns the value of the first hidden `csrf` field.
     fn csrf(&self) -> String {
         let text = self.text();
         let start = text.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
@@ -240,7 +240,7 @@ impl<'a> Client<'a> {
         self.send(request).await
     }
 
-    /// Opens the link, asks for a passcode and returns the passcode page.
+    /// Opens the link, requests a passcode and returns the passcode page.
     async fn request_passcode(&mut self) -> Page {
         let link = self.get(&format!("/m/{TOKEN}")).await;
         assert_eq!(link.status, StatusCode::OK);
@@ -481,6 +481,12 @@ async fn missing_or_wrong_csrf_is_forbidden() {
         .body(Body::from(format!("csrf={}", link.csrf())))
         .unwrap();
     assert_eq!(client.send(cross_site).await.status, StatusCode::FORBIDDEN);
+    let null_origin = client
+        .request_from("POST", &path, Some("null"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={}", link.csrf())))
+        .unwrap();
+    assert_eq!(client.send(null_origin).await.status, StatusCode::FORBIDDEN);
 
     let mut no_cookie = Client::new(&harness);
     let form = format!("csrf={}", link.csrf());
@@ -502,6 +508,22 @@ async fn missing_or_wrong_csrf_is_forbidden() {
         .await;
     assert_eq!(sign_out.status, StatusCode::FORBIDDEN);
     assert_eq!(queued(&harness).len(), before);
+}
+
+#[tokio::test]
+async fn null_origin_passes_only_with_same_origin_fetch() {
+    // Chromium sends `Origin: null` on form posts from pages with no-referrer.
+    let harness = harness();
+    let mut client = Client::new(&harness);
+    let link = client.get(&format!("/m/{TOKEN}")).await;
+    let request = client
+        .request_from("POST", &format!("/m/{TOKEN}/passcode"), Some("null"))
+        .header("sec-fetch-site", "same-origin")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={}", link.csrf())))
+        .unwrap();
+    assert_eq!(client.send(request).await.status, StatusCode::OK);
+    assert_eq!(queued(&harness).len(), 1);
 }
 
 #[tokio::test]
@@ -587,7 +609,7 @@ async fn unknown_expired_and_revoked_links() {
 }
 
 #[tokio::test]
-async fn pages_after_sign_in_need_a_session_for_that_message() {
+async fn message_pages_need_matching_session() {
     let harness = harness();
     let mut client = Client::new(&harness);
     let anonymous = client.get(&format!("/m/{TOKEN}/message")).await;
