@@ -68,6 +68,8 @@ pub enum AuditEvent {
 }
 
 /// Hold-store operations used by the portal. Calls are short and synchronous.
+// NOTE: handlers call these on the async runtime's threads. Local SQLite calls are usually
+// quick, but a slow disk stalls the other requests on that thread.
 pub trait HeldMessages: Send + Sync {
     /// Looks up the message that a link token names.
     ///
