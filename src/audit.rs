@@ -96,17 +96,7 @@ impl AuditLog {
     /// [`StoreError::Io`] when the data folder cannot be created, [`StoreError::Database`]
     /// when SQLite fails.
     pub fn open(config: &Config) -> Result<AuditLog, StoreError> {
-        let path = config.database_path();
-        if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder).map_err(|source| StoreError::Io {
-                path: folder.to_owned(),
-                source,
-            })?;
-        }
-        let connection = Connection::open(&path)?;
-        connection.busy_timeout(std::time::Duration::from_secs(30))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
+        let connection = crate::store::open_database(config)?;
         connection.execute_batch(SCHEMA)?;
         Ok(AuditLog {
             connection: Arc::new(Mutex::new(connection)),

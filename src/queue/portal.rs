@@ -160,7 +160,9 @@ impl PortalHold {
         if !completed {
             // The recipient left the held state meanwhile (an operator deleted the
             // message), so its copy in the hold store must not outlive it.
-            let _ = self.hold_store.revoke(&new_hold.id);
+            if let Err(error) = self.hold_store.revoke(&new_hold.id) {
+                tracing::error!(queue_id = %id, held_id = %new_hold.id, %error, "failed to revoke an orphaned hold");
+            }
             return Ok(false);
         }
 

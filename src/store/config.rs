@@ -29,8 +29,8 @@ pub struct PortalConfig {
     pub organisation: String,
     /// HTTPS URL of a logo for the HTML notification; none when empty. Default: empty.
     pub logo_url: String,
-    /// How recipients get help, such as a phone number or an address; shown in
-    /// notifications when set. Default: empty.
+    /// Contact for help, such as a phone number or an address, shown in notifications
+    /// when set. Default: empty.
     pub support_contact: String,
     /// Accent colour of the HTML notification, as `#rrggbb`. Default: `#005eb8`.
     pub colour: String,

@@ -1,6 +1,6 @@
 //! Master keys: `store-master-<id>.key` files in `server.keys_dir`, each 32 random bytes
-//! written as hex or base64. They wrap the per-message keys, so rotating one means adding a
-//! file with a higher id; messages wrapped by an older key stay readable while its file
+//! written as hex or base64. They wrap the per-message keys. Rotating means adding a file
+//! with a higher id, and messages wrapped by an older key stay readable while its file
 //! exists.
 
 use std::collections::BTreeMap;

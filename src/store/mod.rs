@@ -88,7 +88,7 @@ pub enum StoreError {
     MasterKeyInvalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
+        /// The problem found.
         reason: String,
     },
     /// No held message has this id.
@@ -261,19 +261,7 @@ impl HoldStore {
     /// [`StoreError::Io`] and [`StoreError::Database`] for the database.
     pub fn open(config: &Config) -> Result<HoldStore, StoreError> {
         let keys = MasterKeys::load(&config.server.keys_dir, config.store.master_key_id)?;
-        let path = config.database_path();
-        if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder).map_err(|source| StoreError::Io {
-                path: folder.to_owned(),
-                source,
-            })?;
-        }
-        let connection = Connection::open(&path)?;
-        connection.busy_timeout(std::time::Duration::from_secs(30))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        // Deleted content is overwritten in the file rather than left in free pages.
-        connection.pragma_update(None, "secure_delete", "ON")?;
+        let connection = open_database(config)?;
         connection.execute_batch(SCHEMA)?;
         Ok(HoldStore {
             connection: Arc::new(Mutex::new(connection)),
@@ -285,9 +273,9 @@ impl HoldStore {
     /// Encrypts and stores one recipient's copy of a message, and returns its new id and
     /// access token.
     ///
-    /// Holding the same queue id and recipient again, as after a crash between the hold and
-    /// the queue update, reuses the active record and gives it a fresh token, so the
-    /// message is stored once and only the newest token opens it.
+    /// Holding the same queue id and recipient again reuses the active record and gives it
+    /// a fresh token. That happens after a crash between the hold and the queue update, so
+    /// the message is stored once and only the newest token opens it.
     ///
     /// # Errors
     ///
@@ -529,7 +517,7 @@ impl HoldStore {
         Ok(ids.iter().filter_map(|id| HeldId::parse(id)).collect())
     }
 
-    /// Every held message, oldest first.
+    /// Lists every held message, oldest first.
     ///
     /// # Errors
     ///
@@ -667,6 +655,24 @@ impl HoldStore {
             ciphertext: body.unwrap_or_default(),
         })
     }
+}
+
+/// Opens the queue database with the queue's durability settings.
+pub(crate) fn open_database(config: &Config) -> Result<Connection, StoreError> {
+    let path = config.database_path();
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(|source| StoreError::Io {
+            path: folder.to_owned(),
+            source,
+        })?;
+    }
+    let connection = Connection::open(&path)?;
+    connection.busy_timeout(std::time::Duration::from_secs(30))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted content is overwritten in the file rather than left in free pages.
+    connection.pragma_update(None, "secure_delete", "ON")?;
+    Ok(connection)
 }
 
 /// The columns that expiry and revocation clear.

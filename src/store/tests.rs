@@ -364,16 +364,16 @@ fn expiry_deletes_content_and_keeps_record() {
     );
     let summary = store.find_by_token(&hold.token).unwrap().unwrap();
     assert_eq!(summary.state, HeldState::Expired);
-    let (wrapped, ciphertext, envelope): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) =
-        store
-            .lock()
-            .query_row(
-                "SELECT wrapped_key, ciphertext, envelope_ciphertext FROM held_messages
-                 WHERE id = ?1",
-                [hold.id.as_str()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .unwrap();
+    type Blob = Option<Vec<u8>>;
+    let (wrapped, ciphertext, envelope): (Blob, Blob, Blob) = store
+        .lock()
+        .query_row(
+            "SELECT wrapped_key, ciphertext, envelope_ciphertext FROM held_messages
+             WHERE id = ?1",
+            [hold.id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
     assert!(wrapped.is_none());
     assert!(ciphertext.is_none());
     assert!(envelope.is_none());

@@ -120,8 +120,13 @@ impl Gateway {
 
     /// Runs `sealgate queue ...` against this gateway's config and returns stdout.
     pub fn queue_command(&self, args: &[&str]) -> String {
+        self.command("queue", args)
+    }
+
+    /// Runs `sealgate <command> ...` against this gateway's config and returns stdout.
+    pub fn command(&self, command: &str, args: &[&str]) -> String {
         let output = Command::new(env!("CARGO_BIN_EXE_sealgate"))
-            .arg("queue")
+            .arg(command)
             .arg("--config")
             .arg(self.dir.join("sealgate.toml"))
             .args(args)
@@ -130,7 +135,7 @@ impl Gateway {
             .unwrap();
         assert!(
             output.status.success(),
-            "sealgate queue {args:?} failed: {}",
+            "sealgate {command} {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).unwrap()
