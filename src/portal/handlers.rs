@@ -344,6 +344,7 @@ async fn read_reply_form(multipart: &mut Multipart) -> Result<ReplyForm, PortalE
                 let name = field.file_name().unwrap_or_default().to_string();
                 let content_type = field
                     .content_type()
+                    .filter(|declared| is_mime_type(declared))
                     .unwrap_or("application/octet-stream")
                     .to_string();
                 let bytes = field.bytes().await.map_err(failed)?;
@@ -361,6 +362,18 @@ async fn read_reply_form(multipart: &mut Multipart) -> Result<ReplyForm, PortalE
         }
     }
     Ok(form)
+}
+
+/// Accepts a bare `type/subtype` of RFC 2045 token characters, without parameters.
+fn is_mime_type(text: &str) -> bool {
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&byte))
+    };
+    text.split_once('/')
+        .is_some_and(|(kind, subtype)| token(kind) && token(subtype))
 }
 
 fn active_link(context: &PortalContext, token: &str) -> Result<HeldLink, PortalError> {
@@ -536,4 +549,19 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn lifetime_minutes(lifetime: std::time::Duration) -> u64 {
     lifetime.as_secs().div_ceil(60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_mime_type;
+
+    #[test]
+    fn mime_type_check() {
+        assert!(is_mime_type("application/pdf"));
+        assert!(is_mime_type("image/svg+xml"));
+        assert!(!is_mime_type("text/plain; charset=utf-8"));
+        assert!(!is_mime_type("text/plain\r\nX-Injected: 1"));
+        assert!(!is_mime_type("text"));
+        assert!(!is_mime_type("/plain"));
+    }
 }
