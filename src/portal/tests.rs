@@ -302,9 +302,50 @@ async fn get_link_sends_nothing_and_changes_nothing() {
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.text().contains("method=\"post\""), "{}", page.text());
     }
+    for action in ["passcode", "verify", "reply", "sign-out"] {
+        let page = client.get(&format!("/m/{TOKEN}/{action}")).await;
+        assert_eq!(page.status, StatusCode::METHOD_NOT_ALLOWED, "{action}");
+    }
     assert!(queued(&harness).is_empty());
     assert!(harness.store.passcode_state("held-1").unwrap().is_none());
     assert!(harness.store.audit_events().is_empty());
+}
+
+#[tokio::test]
+async fn expired_passcode_is_rejected() {
+    let harness = harness();
+    let mut client = Client::new(&harness);
+    let page = client.request_passcode().await;
+    let code = last_passcode(&harness);
+    let record = harness.store.passcode_state("held-1").unwrap().unwrap();
+    let sixteen_minutes_ago = record.created_at - 16 * 60 * 1000;
+    harness
+        .store
+        .set_passcode("held-1", &record.hash, sixteen_minutes_ago)
+        .unwrap();
+
+    let late = client.enter(&page.csrf(), &code).await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert!(
+        late.text().contains("This passcode has expired"),
+        "{}",
+        late.text()
+    );
+    assert!(late.header(header::SET_COOKIE).is_empty());
+    assert!(harness.store.passcode_state("held-1").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn oversized_reply_is_rejected() {
+    let harness = harness();
+    let mut client = Client::new(&harness);
+    let message = client.sign_in().await;
+    let before = queued(&harness).len();
+    let page = client
+        .reply(Some(&message.csrf()), &"x".repeat(2 << 20))
+        .await;
+    assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(queued(&harness).len(), before);
 }
 
 #[tokio::test]
