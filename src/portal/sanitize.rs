@@ -4,7 +4,8 @@
 //! `style` attributes and `<style>` elements, forms, frames and `javascript:` URLs are
 //! removed. Images are removed as well, because a remote image is a tracking pixel and the
 //! page's Content-Security-Policy would block it anyway. Links keep only `http`, `https` and
-//! `mailto` URLs and open with `rel="noopener noreferrer"`.
+//! `mailto` URLs, lose relative URLs (which would point into the portal) and open with
+//! `rel="noopener noreferrer"`.
 
 use std::collections::HashSet;
 
@@ -13,6 +14,7 @@ pub fn sanitize_html(html: &str) -> String {
     ammonia::Builder::default()
         .rm_tags(HashSet::from(["img"]))
         .url_schemes(HashSet::from(["http", "https", "mailto"]))
+        .url_relative(ammonia::UrlRelative::Deny)
         .link_rel(Some("noopener noreferrer"))
         .strip_comments(true)
         .clean(html)
@@ -45,8 +47,9 @@ mod tests {
         let clean = sanitize_html(
             "<a href=\"javascript:alert(1)\">a</a><a href=\" JaVaScRiPt:alert(2)\">b</a>\
              <a href=\"data:text/html,<script>x</script>\">c</a>\
-             <a href=\"https://example.org/\">d</a>",
+             <a href=\"https://example.org/\">d</a><a href=\"/m/other/sign-out\">e</a>",
         );
+        assert!(!clean.contains("/m/other"), "{clean}");
         assert!(
             !clean.to_ascii_lowercase().contains("javascript"),
             "{clean}"
