@@ -23,14 +23,29 @@ const SENDER: &str = "ada@trust.nhs.uk";
 const RECIPIENT: &str = "pat@example.org";
 const WEB_ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A chromedriver process, killed on drop.
+/// A chromedriver process. On drop, even after a failed assertion, it ends the browser
+/// session (killing chromedriver alone would leave Chromium running) and then chromedriver.
 struct Driver {
     child: Child,
     port: u16,
+    session: Option<String>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(session) = &self.session
+            && let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port))
+        {
+            use std::io::{Read, Write};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            let _ = stream.write_all(request.as_bytes());
+            let _ = stream.read(&mut [0u8; 1024]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -178,10 +193,6 @@ impl Browser {
         let value = self.command("GET", "/source", json!({})).await;
         value.as_str().unwrap_or_default().to_string()
     }
-
-    async fn close(&self) {
-        self.command("DELETE", "", json!({})).await;
-    }
 }
 
 fn free_port() -> u16 {
@@ -200,7 +211,11 @@ async fn start_browser(profile: &Path, downloads: &Path) -> (Driver, Browser) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver not found: install Debian's chromium and chromium-driver");
-    let driver = Driver { child, port };
+    let mut driver = Driver {
+        child,
+        port,
+        session: None,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = TcpStream::connect(("127.0.0.1", port)).await.is_ok()
@@ -234,6 +249,7 @@ async fn start_browser(profile: &Path, downloads: &Path) -> (Driver, Browser) {
         .as_str()
         .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
         .to_string();
+    driver.session = Some(session.clone());
     (driver, Browser { port, session })
 }
 
@@ -410,6 +426,5 @@ async fn browser_collects_message_and_replies() {
         );
     }
 
-    browser.close().await;
     server.abort();
 }
