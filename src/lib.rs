@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod keys;
 pub mod policy;
+pub mod portal;
 pub mod queue;
 pub mod smime;
 pub mod store;

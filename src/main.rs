@@ -14,6 +14,7 @@ use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
 use sealgate::policy::classify::{self, Classifier};
 use sealgate::policy::{CertificateSource, Router};
+use sealgate::portal;
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use sealgate::smime::{CertificateDirectory, Smime};
@@ -244,8 +245,9 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     )
     .map_err(|error| error.to_string())?
     .with_smime(smime, certificates);
-    let manager = match open_hold_store(&config) {
-        Ok((hold_store, audit)) => manager.with_hold_store(hold_store, audit),
+    let hold_store = open_hold_store(&config);
+    let manager = match &hold_store {
+        Ok((hold_store, audit)) => manager.with_hold_store(hold_store.clone(), audit.clone()),
         Err(error) => {
             // Fail closed: without the store, portal mail stays held in the queue.
             tracing::error!(%error, "hold store unavailable; portal mail stays held in the queue");
@@ -254,6 +256,16 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     };
     let mut manager = tokio::spawn(manager.run());
 
+    if let Ok((hold_store, audit)) = hold_store {
+        // The SMTP side keeps working without the portal; held mail waits for it.
+        if let Err(error) =
+            start_portal(&config, spool.clone(), Arc::clone(&tls), hold_store, audit).await
+        {
+            tracing::error!(%error, "portal not started");
+        }
+    } else {
+        tracing::warn!("portal not started: the hold store is unavailable");
+    }
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
         Some(tokio_rustls::TlsAcceptor::from(tls)),
@@ -282,6 +294,35 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
             Err(format!("queue manager stopped: {reason}"))
         }
     }
+}
+
+/// Starts the recipient portal on `portal.listen`, with the inbound TLS certificate when
+/// `portal.tls` is set.
+async fn start_portal(
+    config: &Config,
+    spool: Spool,
+    tls: Arc<rustls::ServerConfig>,
+    store: HoldStore,
+    audit: AuditLog,
+) -> Result<(), String> {
+    let address = config.portal.listen;
+    portal::check_listen_address(address, config.portal.tls, false)?;
+    let acceptor = config
+        .portal
+        .tls
+        .then(|| tokio_rustls::TlsAcceptor::from(tls));
+    let context = Arc::new(portal::PortalContext::new(
+        portal::PortalSettings::from_config(config),
+        Arc::new(portal::StoreBackend::new(store, audit)),
+        spool,
+        acceptor,
+    ));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("failed to listen on {address} for the portal: {error}"))?;
+    tracing::info!(%address, tls = config.portal.tls, "portal listening");
+    tokio::spawn(portal::serve_portal(listener, context));
+    Ok(())
 }
 
 async fn shutdown_signal() {

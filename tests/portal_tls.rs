@@ -1,0 +1,76 @@
+//! The portal served over TLS by sealgate itself, with the development certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use sealgate::keys;
+use sealgate::portal::{
+    MemoryHeldMessages, PortalContext, PortalSettings, SendLimits, serve_portal,
+};
+use sealgate::queue::Spool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+#[tokio::test]
+async fn portal_serves_https_with_hsts() {
+    let dir = tempfile::tempdir().unwrap();
+    keys::create_development_keys(dir.path(), "localhost").expect("development keys");
+    let certificate = dir.path().join("tls.crt");
+    let tls = keys::load_server_tls(&certificate, &dir.path().join("tls.key")).expect("TLS");
+    let spool = Spool::start(&dir.path().join("queue.db"), Arc::new(Notify::new())).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let settings = PortalSettings {
+        base_url: format!("https://localhost:{}", address.port()),
+        organisation: "Example Trust".into(),
+        passcode_sender: "no-reply@trust.nhs.uk".into(),
+        passcode_digits: 6,
+        passcode_lifetime: Duration::from_secs(900),
+        max_passcode_attempts: 5,
+        session_lifetime: Duration::from_secs(900),
+        send_limits: SendLimits::default(),
+        max_reply_size: 1 << 20,
+        tls: true,
+    };
+    let store = Arc::new(MemoryHeldMessages::default());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let context = PortalContext::new(settings, store, spool, Some(acceptor));
+    let server = tokio::spawn(serve_portal(listener, Arc::new(context)));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&certificate).expect("certificate PEM"))
+        .expect("trust the development certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    stream
+        .write_all(b"GET /m/unknown HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+
+    assert!(text.starts_with("http/1.1 404"), "{text}");
+    assert!(
+        text.contains("strict-transport-security: max-age=31536000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("content-security-policy: default-src 'none'"),
+        "{text}"
+    );
+    assert!(text.contains("this link is not valid"), "{text}");
+    server.abort();
+}
