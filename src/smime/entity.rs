@@ -597,7 +597,10 @@ mod tests {
             // A label over a body that is not encrypted never counts, whatever it says;
             // tests/smime.rs checks real encrypted bodies.
             let text = format!("Content-Type: {content_type}\r\n\r\nx\r\n");
-            assert!(!parse(&text).is_encrypted(), "{content_type} (labelled {labelled})");
+            assert!(
+                !parse(&text).is_encrypted(),
+                "{content_type} (labelled {labelled})"
+            );
         }
     }
 

@@ -169,12 +169,12 @@ impl PortalConfig {
                 "expected an address such as no-reply@example.org",
             ));
         }
-        if !(4..=10).contains(&self.passcode_digits) {
+        if !(6..=8).contains(&self.passcode_digits) {
             return Err(invalid(
                 path,
                 "portal.passcode_digits",
                 self.passcode_digits.to_string(),
-                "must be between 4 and 10",
+                "must be between 6 and 8",
             ));
         }
         if self.max_passcode_attempts == 0 {

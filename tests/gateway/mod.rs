@@ -30,6 +30,13 @@ impl Gateway {
             write_self_signed(&dir.join("keys"));
         }
         let config_path = dir.join("sealgate.toml");
+        // The portal listens on port 0 as well, so parallel gateways do not compete for
+        // its default port.
+        let config = if config.contains("[portal]\n") {
+            config.replacen("[portal]\n", "[portal]\nlisten = \"127.0.0.1:0\"\n", 1)
+        } else {
+            format!("{config}\n[portal]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config_path, config).unwrap();
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
