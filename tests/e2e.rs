@@ -80,10 +80,12 @@ fn message_with_marker(marker: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_after_250_loses_no_mail() {
     let dir = tempfile::tempdir().unwrap();
-    let sink_port = free_tcp_port();
-    // The next hop is down during the first run, so every message is still queued when
-    // the gateway is killed.
-    let config = base_config(dir.path(), &route_to("sink.example", sink_port));
+    // During the first run the next hop holds its port but never answers, so every
+    // message is still queued when the gateway is killed, and no other test can take
+    // the port meanwhile.
+    let silent_next_hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent_next_hop.local_addr().unwrap().port();
+    let config = base_config(dir.path(), &route_to("sink.example", silent_port));
     let mut gateway = Gateway::start(dir.path(), &config);
 
     let markers: Vec<String> = (0..40)
@@ -108,8 +110,11 @@ async fn kill_after_250_loses_no_mail() {
         ids.push(send.await.unwrap());
     }
     gateway.kill9();
+    drop(silent_next_hop);
 
-    let sink = SmtpSink::start_dumping(sink_port, &dir.path().join("sink"));
+    // The restart points the route at a working sink, as an operator fixing it would.
+    let sink = SmtpSink::start_dumping(&dir.path().join("sink"));
+    let config = base_config(dir.path(), &route_to("sink.example", sink.port()));
     let gateway = Gateway::start(dir.path(), &config);
     let counts = sink.wait_for_markers(&markers, Duration::from_secs(60));
     for (marker, count) in markers.iter().zip(&counts) {
@@ -135,8 +140,8 @@ async fn kill_after_250_loses_no_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_log_lines_keep_their_format() {
     let dir = tempfile::tempdir().unwrap();
-    let sink_port = free_tcp_port();
-    let sink = SmtpSink::start_dumping(sink_port, &dir.path().join("sink"));
+    let sink = SmtpSink::start_dumping(&dir.path().join("sink"));
+    let sink_port = sink.port();
     let config = base_config(dir.path(), &route_to("sink.example", sink_port));
     let gateway = Gateway::start(dir.path(), &config);
 
@@ -503,8 +508,16 @@ async fn mixed_recipients_are_split_per_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_commands_list_show_flush_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    // Nothing listens on the next hop, so the message stays deferred.
-    let config = base_config(dir.path(), &route_to("partner.example", free_tcp_port()));
+    // The next hop closes every connection before its greeting, so the message stays
+    // deferred. The test holds the port, so no other test's listener can take it.
+    let closing_next_hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing_port = closing_next_hop.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in closing_next_hop.incoming() {
+            drop(connection);
+        }
+    });
+    let config = base_config(dir.path(), &route_to("partner.example", closing_port));
     let gateway = Gateway::start(dir.path(), &config);
     let id = send(
         gateway.smtp,
@@ -1075,4 +1088,69 @@ async fn smime_outer_subject_hides_an_nhs_number() {
     );
     assert!(wire.contains("Subject: Secure message"), "{wire}");
     assert!(!wire.contains("hidden@clinic.example.org"), "{wire}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_forced_tls_falls_back_to_portal() {
+    let dir = tempfile::tempdir().unwrap();
+    sealgate::store::create_master_key(&dir.path().join("keys")).unwrap();
+    let pki = TestPki::new();
+    // The secure domain's next hop offers no STARTTLS, so every attempt fails at TLS.
+    let insecure = SmtpServer::start(ServerScript::default()).await;
+    let sender_home = SmtpServer::start(ServerScript::default()).await;
+    let extra = format!(
+        "{}{}{}",
+        trust_test_ca(&pki, dir.path()),
+        verified_route_to("nhs.net", insecure.port(), "mx.nhs.test"),
+        route_to("clinic.example.org", sender_home.port())
+    );
+    let config = base_config(dir.path(), &extra).replace(
+        "[server]\n",
+        "[policy]\nforced_tls_fallback_after = 2\n\n[server]\n",
+    );
+    let gateway = Gateway::start(dir.path(), &config);
+
+    let id = send(
+        gateway.smtp,
+        "ada@clinic.example.org",
+        &["gp@nhs.net"],
+        message_with_marker("fallback"),
+    )
+    .await;
+    let moved = gateway
+        .wait_for_log(
+            &format!("{id}: to=<gp@nhs.net>, route=portal"),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("no fallback; log:\n{}", gateway.log()));
+    assert!(moved.contains("verified TLS failed 2 times"), "{moved}");
+    let attempts = gateway
+        .wait_for_lines(
+            &format!("{id}: to=<gp@nhs.net>, relay="),
+            2,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(attempts.iter().all(|line| line.contains("status=deferred")));
+
+    let notices = sender_home
+        .wait_for_messages(1, Duration::from_secs(20))
+        .await;
+    assert_eq!(notices.len(), 1, "log:\n{}", gateway.log());
+    let notice = String::from_utf8_lossy(&notices[0].data);
+    assert!(notice.contains("moved to the secure portal"), "{notice}");
+    assert!(
+        gateway
+            .wait_for_log("route=portal, status=held", Duration::from_secs(10))
+            .is_some()
+    );
+    assert!(
+        insecure.clear_text_commands("MAIL").is_empty(),
+        "MAIL FROM went out in clear"
+    );
+
+    // The notification to gp@nhs.net fails TLS too, but never falls back itself.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fallbacks = gateway.log().matches("route=portal, reason=").count();
+    assert_eq!(fallbacks, 1, "log:\n{}", gateway.log());
 }

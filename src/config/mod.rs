@@ -132,6 +132,10 @@ pub struct PolicyConfig {
     /// `[policy.classify]`: which messages are sensitive. Default: see [`ClassifyConfig`].
     #[serde(default)]
     pub classify: ClassifyConfig,
+    /// Failed TLS attempts after which a `forced-tls` recipient moves to the portal route
+    /// instead of waiting for its bounce, and the sender is told. Only attempts that
+    /// failed at STARTTLS, the handshake or the certificate count. Default: off.
+    pub forced_tls_fallback_after: Option<u32>,
 }
 
 /// `[delivery]`: outbound SMTP.
@@ -241,6 +245,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             secure_domains: vec!["nhs.net".into(), "*.nhs.net".into()],
             classify: ClassifyConfig::default(),
+            forced_tls_fallback_after: None,
         }
     }
 }

@@ -147,6 +147,14 @@ impl Config {
             return invalid(key, value, &reason);
         }
 
+        if self.policy.forced_tls_fallback_after == Some(0) {
+            return invalid(
+                "policy.forced_tls_fallback_after".into(),
+                "0".into(),
+                "must be at least 1; leave it out to turn the fallback off",
+            );
+        }
+
         let delivery = &self.delivery;
         if let Some(helo) = &delivery.helo_name
             && !is_domain_name(helo)

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::dsn::{self, FailedRecipient};
-use super::store::{AttemptRecord, MessageSummary, RecipientState, Store, now_millis};
+use super::store::{
+    AttemptRecord, MessageSummary, RecipientRow, RecipientState, Store, now_millis,
+};
 use super::{QueueError, Spool};
 use crate::audit::AuditLog;
 use crate::config::Config;
@@ -49,6 +51,17 @@ pub struct QueueManager {
     smime: Option<SmimeEncryption>,
     portal: Option<PortalHold>,
     wake: Arc<Notify>,
+}
+
+/// The new state of one recipient after an attempt.
+struct RecipientUpdate {
+    address: String,
+    state: RecipientState,
+    next_attempt: i64,
+    record: AttemptRecord,
+    expired: bool,
+    /// Verified TLS kept failing: the recipient moves to the portal route.
+    to_portal: bool,
 }
 
 /// A worker's report for one group.
@@ -333,6 +346,7 @@ impl QueueManager {
         for result in &report.results {
             let mut status_code = result.status.dsn_code();
             let mut expired = false;
+            let mut fallback = false;
             let (state, next_attempt, word, detail) = match &result.status {
                 DeliveryStatus::Sent(reply) => {
                     (RecipientState::Sent, now, "sent", reply.to_string())
@@ -345,6 +359,17 @@ impl QueueManager {
                     expired = true;
                     status_code = "4.4.7".into();
                     (RecipientState::Bounced, now, "expired", failure.to_string())
+                }
+                DeliveryStatus::Deferred(failure)
+                    if self.falls_back_to_portal(
+                        route,
+                        &summary,
+                        failure,
+                        row_of(&result.recipient),
+                    ) =>
+                {
+                    fallback = true;
+                    (RecipientState::Held, now, "deferred", failure.to_string())
                 }
                 DeliveryStatus::Deferred(failure) => {
                     let attempts = row_of(&result.recipient).map_or(0, |row| row.attempts);
@@ -373,27 +398,41 @@ impl QueueManager {
                 tls: tls.clone(),
                 detail,
             };
-            updates.push((
-                result.recipient.clone(),
+            updates.push(RecipientUpdate {
+                address: result.recipient.clone(),
                 state,
                 next_attempt,
                 record,
                 expired,
-            ));
+                to_portal: fallback,
+            });
         }
+        let moved: Vec<String> = updates
+            .iter()
+            .filter(|update| update.to_portal)
+            .map(|update| update.address.clone())
+            .collect();
+        let attempts_needed = self.config.policy.forced_tls_fallback_after.unwrap_or(0);
+        let fallback_reason =
+            format!("verified TLS failed {attempts_needed} times; moved to the portal");
 
         let target = id.clone();
+        let reason = fallback_reason.clone();
         if let Err(error) = self
             .with_store(move |store| {
-                for (address, state, next_attempt, record, expired) in &updates {
-                    store.record_attempt(
-                        &target,
-                        address,
-                        *state,
-                        *next_attempt,
-                        record,
-                        *expired,
-                    )?;
+                for update in &updates {
+                    if update.to_portal {
+                        store.move_to_portal(&target, &update.address, &reason, &update.record)?;
+                    } else {
+                        store.record_attempt(
+                            &target,
+                            &update.address,
+                            update.state,
+                            update.next_attempt,
+                            &update.record,
+                            update.expired,
+                        )?;
+                    }
                 }
                 Ok(())
             })
@@ -402,7 +441,83 @@ impl QueueManager {
             tracing::error!(queue_id = %id, %error, "failed to record delivery results");
             return;
         }
+        for address in &moved {
+            tracing::info!(
+                target: MAIL_LOG,
+                "{id}: to={}, route=portal, reason=\"{}\"",
+                display_address(address),
+                quoted_reason(Some(&fallback_reason))
+            );
+            self.tell_sender_of_fallback(&id, &summary, address).await;
+        }
         self.report_bounces(&id).await;
+    }
+
+    /// True when a `forced-tls` recipient's TLS failure reaches the configured fallback
+    /// threshold, counting this attempt. Mail sealgate wrote itself (notifications, DSNs,
+    /// notices) never falls back, or each fallback would hold a notification about a
+    /// notification.
+    fn falls_back_to_portal(
+        &self,
+        route: Route,
+        summary: &MessageSummary,
+        failure: &Failure,
+        row: Option<&RecipientRow>,
+    ) -> bool {
+        let Some(threshold) = self.config.policy.forced_tls_fallback_after else {
+            return false;
+        };
+        if summary.is_dsn || summary.is_notification {
+            return false;
+        }
+        let attempts = row.map_or(0, |row| row.attempts) + 1;
+        route == Route::ForcedTls && failure.stage == Stage::Tls && attempts >= threshold
+    }
+
+    /// Tells the sender that a recipient's copy went to the portal because verified TLS to
+    /// its domain kept failing. The notice has the null sender, like a DSN.
+    async fn tell_sender_of_fallback(&self, id: &QueueId, summary: &MessageSummary, address: &str) {
+        if summary.sender.is_empty() {
+            return;
+        }
+        let text = format!(
+            "Your message (queue id {id}) to {address} could not be delivered over TLS with a\r\n\
+             verified certificate, so it has been held securely instead. The recipient gets a\r\n\
+             notification with a link to collect it from the secure portal.\r\n"
+        );
+        let postmaster = self.config.postmaster();
+        let bytes = mail_builder::MessageBuilder::new()
+            .from(("Mail Delivery System", postmaster.as_str()))
+            .to(summary.sender.as_str())
+            .subject(format!("Message to {address} moved to the secure portal"))
+            .header(
+                "Auto-Submitted",
+                mail_builder::headers::raw::Raw::new("auto-replied"),
+            )
+            .text_body(text)
+            .write_to_vec()
+            .expect("writing to a Vec cannot fail");
+        let message = AcceptedMessage {
+            sender: String::new(),
+            recipients: vec![summary.sender.clone()],
+            body_8bit: bytes.iter().any(|byte| *byte > 127),
+            body: bytes,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                helo: self.config.server.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+        };
+        match self.spool.submit_dsn(message).await {
+            Ok(notice) => {
+                tracing::info!(target: MAIL_LOG, "{id}: sender told of the portal fallback: {notice}")
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to queue the fallback notice")
+            }
+        }
     }
 
     /// Sends one DSN for every bounced recipient of the message not yet reported, once no

@@ -370,6 +370,34 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a `forced-tls` recipient whose TLS keeps failing to the `portal` route: it
+    /// becomes held, with `reason`, and the attempt's facts are recorded. Releases the claim.
+    pub fn move_to_portal(
+        &mut self,
+        id: &QueueId,
+        address: &str,
+        reason: &str,
+        record: &AttemptRecord,
+    ) -> Result<(), QueueError> {
+        self.connection.execute(
+            "UPDATE recipients SET route = 'portal', state = 'held', reason = ?3,
+                 attempts = attempts + 1, next_attempt = ?4, claimed_until = 0,
+                 last_status = ?5, last_relay = ?6, last_tls = ?7, last_detail = ?8
+             WHERE message_id = ?1 AND address = ?2",
+            params![
+                id.as_str(),
+                address,
+                reason,
+                now_millis(),
+                record.status,
+                record.relay,
+                record.tls,
+                record.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// True while any recipient of the message is claimed by a delivery attempt.
     pub fn in_flight(&self, id: &QueueId, now: i64) -> Result<bool, QueueError> {
         let claimed: i64 = self.connection.query_row(

@@ -970,17 +970,29 @@ impl SmtpSink {
     /// When the binary is missing (install Debian's `postfix` package) or does not listen
     /// within 5 seconds.
     pub fn start() -> SmtpSink {
-        SmtpSink::launch(free_tcp_port(), None)
+        SmtpSink::launch_on_free_port(None)
     }
 
-    /// Starts `smtp-sink` on `port`, dumping each transaction to a file in `dumps`, so a
-    /// test can read what arrived with [`SmtpSink::messages`].
-    pub fn start_dumping(port: u16, dumps: &Path) -> SmtpSink {
+    /// Starts `smtp-sink` on a free port, dumping each transaction to a file in `dumps`, so
+    /// a test can read what arrived with [`SmtpSink::messages`].
+    pub fn start_dumping(dumps: &Path) -> SmtpSink {
         std::fs::create_dir_all(dumps).expect("create dump folder");
-        SmtpSink::launch(port, Some(dumps.to_owned()))
+        SmtpSink::launch_on_free_port(Some(dumps.to_owned()))
     }
 
-    fn launch(port: u16, dumps: Option<PathBuf>) -> SmtpSink {
+    /// Tries free ports until smtp-sink holds one: between probing a port and smtp-sink
+    /// binding it, another test's listener may take it.
+    fn launch_on_free_port(dumps: Option<PathBuf>) -> SmtpSink {
+        for _ in 0..10 {
+            if let Some(sink) = SmtpSink::launch(free_tcp_port(), dumps.clone()) {
+                return sink;
+            }
+        }
+        panic!("smtp-sink could not bind a loopback port in 10 tries");
+    }
+
+    /// Starts smtp-sink on `port`; `None` when it exits because the port was taken.
+    fn launch(port: u16, dumps: Option<PathBuf>) -> Option<SmtpSink> {
         assert!(
             Path::new(Self::PATH).exists(),
             "{} not found: install the postfix package (apt-get install postfix), which CI does",
@@ -1001,8 +1013,8 @@ impl SmtpSink {
 
         let deadline = Instant::now() + Duration::from_secs(5);
         while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = sink.child.try_wait() {
-                panic!("smtp-sink exited with {status} before listening on port {port}");
+            if let Ok(Some(_)) = sink.child.try_wait() {
+                return None;
             }
             assert!(
                 Instant::now() < deadline,
@@ -1010,7 +1022,13 @@ impl SmtpSink {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        sink
+        // The connection may have reached another process on the same port; smtp-sink
+        // exits at once when its bind fails.
+        std::thread::sleep(Duration::from_millis(100));
+        match sink.child.try_wait() {
+            Ok(None) => Some(sink),
+            _ => None,
+        }
     }
 
     /// Returns the listening port.
