@@ -20,7 +20,7 @@ impl QueueId {
         valid.then(|| QueueId(text.to_ascii_uppercase()))
     }
 
-    /// The id as text.
+    /// Returns the id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -59,7 +59,7 @@ pub struct AcceptedMessage {
     pub body_8bit: bool,
     /// The client declared `SMTPUTF8`.
     pub smtputf8: bool,
-    /// Who sent it.
+    /// The client that sent it.
     pub client: ClientInfo,
 }
 
@@ -68,7 +68,8 @@ pub fn display_address(address: &str) -> String {
     format!("<{}>", crate::telemetry::escape_field(address))
 }
 
-/// The domain of an address, lowercased; empty for an address without `@`.
+/// Returns the domain of an address, lowercased, or an empty string for an address
+/// without `@`.
 pub fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')

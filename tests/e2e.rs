@@ -80,7 +80,7 @@ fn message_with_marker(marker: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_after_250_loses_no_mail() {
     let dir = tempfile::tempdir().unwrap();
-    // During the first run the next hop holds its port but never answers, so every
+    // During the first run the next hop keeps its port bound but never replies, so every
     // message is still queued when the gateway is killed, and no other test can take
     // the port meanwhile.
     let silent_next_hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -509,7 +509,7 @@ async fn mixed_recipients_are_split_per_route() {
 async fn queue_commands_list_show_flush_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     // The next hop closes every connection before its greeting, so the message stays
-    // deferred. The test holds the port, so no other test's listener can take it.
+    // deferred. The test keeps the port bound, so no other test's listener can take it.
     let closing_next_hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closing_port = closing_next_hop.local_addr().unwrap().port();
     std::thread::spawn(move || {

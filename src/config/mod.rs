@@ -133,7 +133,7 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub classify: ClassifyConfig,
     /// Failed TLS attempts after which a `forced-tls` recipient moves to the portal route
-    /// instead of waiting for its bounce, and the sender is told. Only attempts that
+    /// instead of waiting for its bounce, and the sender gets a notice. Only attempts that
     /// failed at STARTTLS, the handshake or the certificate count. Default: off.
     pub forced_tls_fallback_after: Option<u32>,
 }

@@ -97,7 +97,7 @@ pub struct DeliveryJob<'a> {
     pub smtputf8: bool,
 }
 
-/// What one attempt did.
+/// Outcome of one delivery attempt.
 #[derive(Clone, Debug)]
 pub struct AttemptReport {
     /// The last host tried, as `name[ip]:port`, when any connection was made.
@@ -164,14 +164,14 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Why an attempt failed for a recipient.
+/// Cause of a failed attempt for a recipient.
 #[derive(Clone, Debug)]
 pub struct Failure {
     /// The host involved, as `name[ip]:port`, when a connection was made.
     pub host: Option<String>,
     /// The step that failed.
     pub stage: Stage,
-    /// What went wrong, in words.
+    /// Description of the failure, in words.
     pub detail: String,
     /// The remote reply, when the failure was a reply.
     pub reply: Option<Reply>,
@@ -249,7 +249,7 @@ impl fmt::Display for Failure {
 }
 
 impl DeliveryStatus {
-    /// The enhanced status code for logs and DSNs.
+    /// Returns the enhanced status code for logs and DSNs.
     pub fn dsn_code(&self) -> String {
         match self {
             DeliveryStatus::Sent(reply) => reply.enhanced.clone().unwrap_or_else(|| "2.0.0".into()),

@@ -24,7 +24,7 @@ use crate::config::PolicyConfig;
 use crate::envelope::domain_of;
 use classify::{Action, Classification};
 
-/// How a recipient's copy may leave, weakest requirement first.
+/// Route of a recipient's copy, weakest requirement first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
     /// STARTTLS when offered, clear text otherwise (RFC 7435).
@@ -39,7 +39,7 @@ pub enum Route {
     Review,
 }
 
-/// What the certificate store knows about one recipient, for routing and explanations.
+/// Result of a certificate lookup for one recipient, for routing and explanations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertificateLookup {
     /// A valid encryption certificate, described for the reason text (subject, expiry,
@@ -55,7 +55,7 @@ pub trait CertificateSource: Send + Sync {
     fn certificate_for(&self, address: &str) -> CertificateLookup;
 }
 
-/// A certificate source that knows no certificates.
+/// A certificate source that contains no certificates.
 pub struct NoCertificates;
 
 impl CertificateSource for NoCertificates {
@@ -218,7 +218,7 @@ impl Route {
         self.tls_requirement().is_none()
     }
 
-    /// The name stored in the queue and shown in logs.
+    /// Returns the name stored in the queue and shown in logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Opportunistic => "opportunistic",

@@ -474,6 +474,24 @@ impl QueueManager {
         route == Route::ForcedTls && failure.stage == Stage::Tls && attempts >= threshold
     }
 
+    /// Wraps a report that sealgate wrote (a DSN or a notice) as a message from the null
+    /// sender to `sender`, so that a failure to deliver it cannot cause another report.
+    fn report_to_sender(&self, sender: &str, bytes: Vec<u8>) -> AcceptedMessage {
+        AcceptedMessage {
+            sender: String::new(),
+            recipients: vec![sender.to_owned()],
+            body_8bit: bytes.iter().any(|byte| *byte > 127),
+            body: bytes,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                helo: self.config.server.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+        }
+    }
+
     /// Tells the sender that a recipient's copy went to the portal because verified TLS to
     /// its domain kept failing. The notice has the null sender, like a DSN.
     async fn tell_sender_of_fallback(&self, id: &QueueId, summary: &MessageSummary, address: &str) {
@@ -497,22 +515,10 @@ impl QueueManager {
             .text_body(text)
             .write_to_vec()
             .expect("writing to a Vec cannot fail");
-        let message = AcceptedMessage {
-            sender: String::new(),
-            recipients: vec![summary.sender.clone()],
-            body_8bit: bytes.iter().any(|byte| *byte > 127),
-            body: bytes,
-            smtputf8: false,
-            client: ClientInfo {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                helo: self.config.server.hostname.clone(),
-                tls: None,
-                auth_user: None,
-            },
-        };
+        let message = self.report_to_sender(&summary.sender, bytes);
         match self.spool.submit_dsn(message).await {
             Ok(notice) => {
-                tracing::info!(target: MAIL_LOG, "{id}: sender told of the portal fallback: {notice}")
+                tracing::info!(target: MAIL_LOG, "{id}: portal fallback notice to sender: {notice}")
             }
             Err(error) => {
                 tracing::error!(queue_id = %id, %error, "failed to queue the fallback notice")
@@ -637,19 +643,7 @@ impl QueueManager {
             recipients: failed,
             original: &original,
         });
-        let message = AcceptedMessage {
-            sender: String::new(),
-            recipients: vec![summary.sender.clone()],
-            body_8bit: bytes.iter().any(|byte| *byte > 127),
-            body: bytes,
-            smtputf8: false,
-            client: ClientInfo {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                helo: self.config.server.hostname.clone(),
-                tls: None,
-                auth_user: None,
-            },
-        };
+        let message = self.report_to_sender(&summary.sender, bytes);
         match self.spool.submit_dsn(message).await {
             Ok(dsn_id) => {
                 tracing::info!(
@@ -675,7 +669,7 @@ struct DeliveryWorker {
     workers: Arc<Semaphore>,
 }
 
-/// What the `smime` route needs at delivery time.
+/// The S/MIME context of the `smime` route at delivery time.
 #[derive(Clone)]
 struct SmimeEncryption {
     smime: Arc<Smime>,
@@ -855,7 +849,7 @@ impl DeliveryWorker {
     }
 }
 
-/// The same temporary failure for each recipient.
+/// Returns the same temporary failure for each recipient.
 fn deferred_all(recipients: &[String], failure: &Failure) -> Vec<RecipientResult> {
     recipients
         .iter()

@@ -75,7 +75,7 @@ pub struct RecipientRow {
     pub address: String,
     /// Route name, once routed.
     pub route: Option<String>,
-    /// Why it got that route.
+    /// Reason for that route.
     pub reason: Option<String>,
     /// Delivery state.
     pub state: RecipientState,
@@ -339,7 +339,7 @@ impl Store {
 
     /// Records an attempt's result for one recipient: its new state, the next attempt time
     /// (for `Pending`) and the facts of the attempt. Releases the claim. A `Bounced`
-    /// recipient is marked for the next DSN, and `expired` says why it bounced.
+    /// recipient is marked for the next DSN, and `expired` records why it bounced.
     pub fn record_attempt(
         &mut self,
         id: &QueueId,

@@ -229,7 +229,7 @@ impl<'a> ParsedMessage<'a> {
         message
     }
 
-    /// The header fields that travel in clear, in their original order, with the subject
+    /// Returns the header fields that travel in clear, in their original order, with the subject
     /// kept or replaced as `subject` sets.
     fn kept_header(&self, subject: &SubjectMode) -> Vec<u8> {
         let mut message = Vec::with_capacity(2048);
@@ -425,7 +425,7 @@ fn is_enveloped_cms(body: &[u8]) -> bool {
     content.starts_with(ENVELOPED_DATA_OID) || content.starts_with(AUTH_ENVELOPED_DATA_OID)
 }
 
-/// True when a `multipart/encrypted` body holds exactly an `application/pgp-encrypted`
+/// True when a `multipart/encrypted` body contains exactly an `application/pgp-encrypted`
 /// part and one part that is an ASCII-armored PGP message and nothing else (RFC 3156 §4).
 fn is_pgp_mime_body(body: &[u8], boundary: &str) -> bool {
     let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
@@ -594,7 +594,7 @@ mod tests {
             ("text/plain", false),
         ];
         for (content_type, labelled) in cases {
-            // A label over a body that is not encrypted never counts, whatever it says;
+            // A label over a body that is not encrypted never counts, whatever its value.
             // tests/smime.rs checks real encrypted bodies.
             let text = format!("Content-Type: {content_type}\r\n\r\nx\r\n");
             assert!(

@@ -980,8 +980,8 @@ impl SmtpSink {
         SmtpSink::launch_on_free_port(Some(dumps.to_owned()))
     }
 
-    /// Tries free ports until smtp-sink holds one: between probing a port and smtp-sink
-    /// binding it, another test's listener may take it.
+    /// Tries free ports until smtp-sink binds one, because between probing a port and
+    /// smtp-sink binding it, another test's listener may take it.
     fn launch_on_free_port(dumps: Option<PathBuf>) -> SmtpSink {
         for _ in 0..10 {
             if let Some(sink) = SmtpSink::launch(free_tcp_port(), dumps.clone()) {
@@ -1071,7 +1071,7 @@ impl SmtpSink {
     }
 }
 
-/// A loopback TCP port that was free a moment ago: bound, read back and released.
+/// Returns a loopback TCP port that was free a moment ago: bound, read back and released.
 pub fn free_tcp_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe port");
     probe.local_addr().expect("probe address").port()
