@@ -12,12 +12,14 @@
 pub mod audit;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod envelope;
 pub mod inbound;
 pub mod keys;
 pub mod policy;
 pub mod portal;
 pub mod queue;
+pub mod records;
 pub mod smime;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,7 @@
 //! The `sealgate` command: run the gateway, check and create configs, and inspect the queue.
 
+mod dkim_commands;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -99,6 +101,23 @@ enum Command {
         #[arg(long = "rcpt", required = true)]
         recipients: Vec<String>,
     },
+    /// Create DKIM signing keys.
+    Dkim {
+        /// Config file (for the keys folder); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: dkim_commands::DkimAction,
+    },
+    /// Print or check the DNS records (SPF, DKIM, DMARC, MTA-STS, TLS-RPT) of a sending
+    /// domain.
+    Dns {
+        /// Config file (for keys, resolver and addresses); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: dkim_commands::DnsAction,
+    },
     /// Read a password from standard input and print its Argon2id hash for
     /// `[[inbound.users]]`.
     HashPassword,
@@ -177,6 +196,8 @@ fn main() -> ExitCode {
             from,
             recipients,
         } => explain(config.as_deref(), &message, from.as_deref(), &recipients),
+        Command::Dkim { config, action } => dkim_commands::dkim(config.as_deref(), action),
+        Command::Dns { config, action } => dkim_commands::dns(config.as_deref(), action),
         Command::HashPassword => hash_password(),
     };
     match result {
@@ -357,6 +378,8 @@ fn check_config(file: &Path) -> Result<(), String> {
     Smime::new(&config).map_err(|error| format!("{}: smime: {error}", file.display()))?;
     CertificateDirectory::load(&config)
         .map_err(|error| format!("{}: smime: {error}", file.display()))?;
+    sealgate::dkim::MessageSigner::load(&config)
+        .map_err(|error| format!("{}: dkim: {error}", file.display()))?;
     if config.policy.secure_domains.is_empty() {
         eprintln!(
             "warning: {}: policy.secure_domains is empty, so no mail requires verified TLS",

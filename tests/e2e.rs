@@ -169,7 +169,8 @@ async fn mail_log_lines_keep_their_format() {
         .expect("delivery line");
     let fields = sent.split_once(&format!("{id}: ")).unwrap().1;
     let expected_order = [
-        "to=", "relay=", "delay=", "delays=", "tls=", "route=", "reason=", "dsn=", "status=",
+        "to=", "relay=", "delay=", "delays=", "tls=", "dkim=", "route=", "reason=", "dsn=",
+        "status=",
     ];
     let mut position = 0;
     for field in expected_order {
@@ -189,6 +190,7 @@ async fn mail_log_lines_keep_their_format() {
     );
     assert!(fields.contains("dsn=2.0.0"), "{sent}");
     assert!(fields.contains("status=sent (250"), "{sent}");
+    assert!(fields.contains("dkim=none"), "no [[dkim]] key: {sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ pub use units::{ByteSize, ConfigDuration};
 pub(crate) use validate::is_domain_pattern;
 pub use validate::{is_domain_name, parse_dns_server};
 
+use crate::dkim::DkimKeyConfig;
+use crate::records::DnsRecordsConfig;
 use crate::smime::SmimeConfig;
 use crate::store::{PortalConfig, StoreConfig};
 
@@ -43,6 +45,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Notification branding and the portal listener.
     pub portal: PortalConfig,
+    /// `[[dkim]]`: DKIM signing keys, one entry per domain and selector.
+    pub dkim: Vec<DkimKeyConfig>,
+    /// Addresses and report destinations for the records `sealgate dns records` prints.
+    pub dns_records: DnsRecordsConfig,
 }
 
 /// `[server]`: identity and file locations.

@@ -241,7 +241,9 @@ impl Config {
         }
         self.smime.validate(path)?;
         self.store.validate(path)?;
-        self.portal.validate(path)
+        self.portal.validate(path)?;
+        crate::dkim::validate(&self.dkim, path)?;
+        self.dns_records.validate(path)
     }
 }
 

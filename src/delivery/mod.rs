@@ -31,6 +31,7 @@
 
 mod client;
 mod mx;
+mod resolver;
 mod tls;
 mod transport;
 
@@ -40,6 +41,7 @@ use std::time::Duration;
 
 use crate::policy::TlsRequirement;
 
+pub use resolver::build_resolver;
 pub use transport::{SmtpCourier, Transport};
 
 /// A delivery setup that could not be built from the config.

@@ -7,16 +7,14 @@
 use std::net::IpAddr;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::rdata::MX;
 use hickory_resolver::proto::rr::{Name, RData};
 use rand::seq::SliceRandom;
 use tracing::debug;
 
 use super::{DeliveryError, DeliveryStatus, Failure, Stage};
-use crate::config::{DeliveryConfig, StaticRoute, parse_dns_server};
+use crate::config::{DeliveryConfig, StaticRoute};
 use crate::policy::DomainSet;
 use crate::telemetry::escape_field;
 
@@ -61,27 +59,7 @@ impl HopResolver {
     /// Builds the resolver from `delivery.dns_servers`, or from `/etc/resolv.conf` when
     /// that list is empty.
     pub fn new(config: &DeliveryConfig) -> Result<HopResolver, DeliveryError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if config.dns_servers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|error| DeliveryError::SystemDns(error.to_string()))?
-        } else {
-            let mut servers = Vec::new();
-            for text in &config.dns_servers {
-                let address =
-                    parse_dns_server(text).ok_or_else(|| DeliveryError::DnsServer(text.clone()))?;
-                let mut server = NameServerConfig::udp_and_tcp(address.ip());
-                for connection in &mut server.connections {
-                    connection.port = address.port();
-                }
-                servers.push(server);
-            }
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        builder.options_mut().timeout = config.dns_timeout.0;
-        let resolver = builder
-            .build()
-            .map_err(|error| DeliveryError::Resolver(error.to_string()))?;
+        let resolver = super::resolver::build_resolver(config)?;
 
         let routes = config
             .routes

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OnceCell, Semaphore, mpsc};
 
 use super::dsn::{self, FailedRecipient};
 use super::store::{
@@ -21,6 +21,7 @@ use crate::delivery::{
     AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, TlsOutcome,
     Transport,
 };
+use crate::dkim::{DkimSignatures, MessageSigner};
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, domain_of};
 use crate::policy::classify::{self, Classifier};
 use crate::policy::{CertificateSource, NoCertificates, Route, Router, TlsRequirement};
@@ -50,6 +51,7 @@ pub struct QueueManager {
     certificates: Arc<dyn CertificateSource>,
     smime: Option<SmimeEncryption>,
     portal: Option<PortalHold>,
+    dkim: Arc<MessageSigner>,
     wake: Arc<Notify>,
 }
 
@@ -71,6 +73,8 @@ struct WorkerDone {
     summary: MessageSummary,
     started_at: i64,
     report: AttemptReport,
+    /// The `dkim=` log value: `none` or the signing `DOMAIN/SELECTOR`s.
+    dkim: String,
 }
 
 impl QueueManager {
@@ -79,7 +83,8 @@ impl QueueManager {
     ///
     /// # Errors
     ///
-    /// As for [`Store::open`].
+    /// As for [`Store::open`], and [`QueueError::Setup`] naming the file when a DKIM key
+    /// cannot be loaded.
     pub fn new(
         config: Arc<Config>,
         spool: Spool,
@@ -89,7 +94,10 @@ impl QueueManager {
         let store = Store::open(&config.database_path())?;
         let classifier = Classifier::new(&config.policy.classify)
             .map_err(|error| QueueError::Setup(error.to_string()))?;
+        let dkim =
+            MessageSigner::load(&config).map_err(|error| QueueError::Setup(error.to_string()))?;
         Ok(QueueManager {
+            dkim: Arc::new(dkim),
             router: Router::new(&config.policy),
             classifier: Arc::new(classifier),
             certificates: Arc::new(NoCertificates),
@@ -297,16 +305,26 @@ impl QueueManager {
                 .or_default()
                 .push(address);
         }
-        for ((id, route_name, domain, _), recipients) in groups {
+        // Groups of one message carry the same bytes, except S/MIME ones, so they share
+        // one DKIM signature per dispatch.
+        let mut shared_signatures: BTreeMap<QueueId, Arc<OnceCell<SignOutcome>>> = BTreeMap::new();
+        for ((id, route_name, domain, own_delivery), recipients) in groups {
             let Ok(route) = route_name.parse::<Route>() else {
                 // Fail closed: a route this version does not know is never guessed at.
                 tracing::error!(queue_id = %id, route = %escape(&route_name), "unknown route; delivery held");
                 continue;
             };
+            let signatures = if own_delivery.is_empty() {
+                Arc::clone(shared_signatures.entry(id.clone()).or_default())
+            } else {
+                Arc::default()
+            };
             let worker = DeliveryWorker {
                 store: Arc::clone(&self.store),
                 transport: Arc::clone(&self.transport),
                 smime: self.smime.clone(),
+                dkim: Arc::clone(&self.dkim),
+                signatures,
                 done: done.clone(),
                 workers: Arc::clone(workers),
             };
@@ -322,6 +340,7 @@ impl QueueManager {
             summary,
             started_at,
             report,
+            dkim,
         } = done;
         let now = now_millis();
         let expires_at = summary.received_at + self.config.queue.max_lifetime.0.as_millis() as i64;
@@ -385,7 +404,7 @@ impl QueueManager {
             };
             tracing::info!(
                 target: MAIL_LOG,
-                "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, route={route}, reason=\"{}\", dsn={status_code}, status={word} ({})",
+                "{id}: to={}, relay={}, delay={:.1}, delays={delays}, tls={tls}, dkim={dkim}, route={route}, reason=\"{}\", dsn={status_code}, status={word} ({})",
                 display_address(&result.recipient),
                 escape_field(&relay),
                 seconds(now - summary.received_at),
@@ -665,9 +684,15 @@ struct DeliveryWorker {
     store: Arc<Mutex<Store>>,
     transport: Arc<dyn Transport>,
     smime: Option<SmimeEncryption>,
+    dkim: Arc<MessageSigner>,
+    /// The signature of this group's bytes, made by the first worker that needs it.
+    signatures: Arc<OnceCell<SignOutcome>>,
     done: mpsc::Sender<WorkerDone>,
     workers: Arc<Semaphore>,
 }
+
+/// The DKIM signatures for a message, or the signing error.
+type SignOutcome = Result<DkimSignatures, String>;
 
 /// The S/MIME context of the `smime` route at delivery time.
 #[derive(Clone)]
@@ -714,7 +739,7 @@ impl DeliveryWorker {
         };
         let started_at = now_millis();
         let clock = Instant::now();
-        let report = self
+        let (report, dkim) = self
             .attempt(&id, route, tls, &domain, &recipients, &summary, body)
             .await;
         tracing::debug!(queue_id = %id, elapsed = ?clock.elapsed(), "delivery attempt finished");
@@ -724,12 +749,13 @@ impl DeliveryWorker {
             summary,
             started_at,
             report,
+            dkim,
         };
         let _ = self.done.send(done).await;
     }
 
-    /// Prepares the body for the route and makes one attempt, returning a result for every
-    /// recipient.
+    /// Prepares the body for the route, signs it and makes one attempt, returning a result
+    /// for every recipient and the `dkim=` log value.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -740,35 +766,32 @@ impl DeliveryWorker {
         recipients: &[String],
         summary: &MessageSummary,
         body: Vec<u8>,
-    ) -> AttemptReport {
+    ) -> (AttemptReport, String) {
         let (body, body_8bit) = if route == Route::Smime {
             match self.encrypt(id, recipients, &body) {
                 Ok(protected) => {
                     let body_8bit = protected.iter().any(|byte| *byte > 127);
                     (protected, body_8bit)
                 }
-                Err(detail) => {
-                    // Fail closed: without the envelope nothing is sent; retry later.
-                    let failure = Failure {
-                        host: None,
-                        stage: Stage::Conversion,
-                        detail,
-                        reply: None,
-                        // RFC 3463 §3.8: X.7.5 is "cryptographic failure".
-                        status: "4.7.5".into(),
-                    };
-                    return AttemptReport {
-                        relay: None,
-                        tls: TlsOutcome::NotConnected,
-                        connect_time: Duration::ZERO,
-                        transfer_time: Duration::ZERO,
-                        results: deferred_all(recipients, &failure),
-                    };
-                }
+                // Fail closed: without the envelope nothing is sent; retry later.
+                Err(detail) => return (not_attempted(recipients, detail), "none".into()),
             }
         } else {
             (body, summary.body_8bit)
         };
+        // Signing comes last, over the bytes that go on the wire.
+        let signed = self
+            .signatures
+            .get_or_init(|| async { self.dkim.sign(&body).map_err(|error| error.to_string()) })
+            .await;
+        let signatures = match signed {
+            Ok(signatures) => signatures,
+            Err(detail) => {
+                tracing::error!(queue_id = %id, error = %detail, "DKIM signing failed");
+                return (not_attempted(recipients, detail.clone()), "failed".into());
+            }
+        };
+        let body = signatures.apply(&body);
         let job = DeliveryJob {
             queue_id: id.as_str(),
             sender: &summary.sender,
@@ -803,7 +826,7 @@ impl DeliveryWorker {
             };
             report.results.extend(deferred_all(&missing, &failure));
         }
-        report
+        (report, signatures.log_value())
     }
 
     /// Builds the S/MIME message for the one recipient of an `smime` delivery, or the
@@ -846,6 +869,26 @@ impl DeliveryWorker {
                 Err(format!("S/MIME encryption failed: {error}"))
             }
         }
+    }
+}
+
+/// Returns the report of an attempt stopped before any connection because the message
+/// could not be encrypted or signed: every recipient is deferred with 4.7.5, which RFC 3463
+/// §3.8 defines as "cryptographic failure".
+fn not_attempted(recipients: &[String], detail: String) -> AttemptReport {
+    let failure = Failure {
+        host: None,
+        stage: Stage::Conversion,
+        detail,
+        reply: None,
+        status: "4.7.5".into(),
+    };
+    AttemptReport {
+        relay: None,
+        tls: TlsOutcome::NotConnected,
+        connect_time: Duration::ZERO,
+        transfer_time: Duration::ZERO,
+        results: deferred_all(recipients, &failure),
     }
 }
 

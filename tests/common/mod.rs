@@ -769,6 +769,14 @@ impl Zone {
         self
     }
 
+    /// Adds a TXT record of several character-strings, the form records longer than 255
+    /// bytes (such as RSA DKIM keys) take.
+    pub fn txt_strings(mut self, host: &str, strings: &[&str]) -> Zone {
+        let strings = strings.iter().map(|part| part.to_string()).collect();
+        self.add(host, RecordType::TXT, RData::TXT(TXT::new(strings)));
+        self
+    }
+
     /// Makes every query for `name` return NXDOMAIN.
     pub fn nxdomain(mut self, name: &str) -> Zone {
         self.nxdomain.insert(key(name));

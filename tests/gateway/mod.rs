@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use mail_send::SmtpClientBuilder;
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -192,4 +194,25 @@ scan_interval = "200ms"
         data = dir.join("data").display(),
         keys = dir.join("keys").display(),
     )
+}
+
+/// Sends one message with mail-send and returns the queue id from the `250` reply.
+pub async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
+        .expect("builder for a loopback address")
+        .implicit_tls(false)
+        .helo_host("staff-mta.clinic.example.org")
+        .timeout(Duration::from_secs(30))
+        .connect_plain()
+        .await
+        .expect("connect to the gateway");
+    let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
+    let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
+    let reply = client
+        .send(message)
+        .await
+        .expect("gateway accepted the message");
+    let text = reply.message().to_string();
+    let _ = client.quit().await;
+    text.rsplit(' ').next().unwrap().to_string()
 }
