@@ -10,9 +10,9 @@ pub struct QueueId(String);
 
 impl QueueId {
     /// Draws a new random id with no run of ten decimal digits. The id appears in the
-    /// gateway's own `Received:` field and notices, and ten digits with a valid modulus-11
-    /// check digit are an NHS number to the classifier, which would make roughly one message
-    /// in 200 sensitive by chance (an estimate from the odds of such a run).
+    /// gateway's own `Received:` field and notices. Ten digits with a valid modulus-11 check
+    /// digit are an NHS number to the classifier, so without the redraw roughly one message
+    /// in 200 would be sensitive by chance (an estimate from the odds of such a run).
     pub fn generate() -> QueueId {
         loop {
             let id = format!("{:016X}", rand::random::<u64>());
