@@ -280,6 +280,13 @@ impl MessageSigner {
                 Some(expiry) => builder.expiration(expiry.0.as_secs()),
                 None => builder,
             };
+            tracing::info!(
+                domain = %domain,
+                selector = %entry.selector,
+                algorithm = entry.algorithm.as_str(),
+                path = %path.display(),
+                "DKIM signing key loaded"
+            );
             domains.entry(domain).or_default().push(SigningKey {
                 selector: entry.selector.clone(),
                 signer,
