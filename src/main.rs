@@ -341,6 +341,8 @@ async fn start_portal(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| format!("failed to listen on {address} for the portal: {error}"))?;
+    // Log the bound address, so that a configured port 0 shows the port in use.
+    let address = listener.local_addr().unwrap_or(address);
     tracing::info!(%address, tls = config.portal.tls, "portal listening");
     tokio::spawn(portal::serve_portal(listener, context));
     Ok(())

@@ -1,6 +1,7 @@
 //! DKIM signing and the published DNS records, end to end. Every kind of message the real
 //! binary sends is verified by dkimpy, an independent verifier, against keys served by a
-//! DNS server on loopback. The records `sealgate dns records` prints are parsed with
+//! DNS server on loopback. The portal's passcode mail and reply are driven through its HTTP
+//! endpoints, with the passcode read from the mail. The records `sealgate dns records` prints are parsed with
 //! mail-auth's own parsers, and `sealgate dns check` is run against good and bad zones.
 
 mod common;
@@ -132,6 +133,14 @@ async fn dkimpy_verifies_every_kind_of_message() {
         "ed2026",
         DkimAlgorithm::Ed25519Sha256,
     );
+    // A key for the portal recipient's domain, so that the reply written in the portal,
+    // which carries the recipient's From address, can be signed too.
+    let recipient_key = key_record(
+        &keys,
+        "mailbox.example",
+        "portal1",
+        DkimAlgorithm::Ed25519Sha256,
+    );
     let rsa_strings = split_txt(&rsa);
     assert!(
         rsa_strings.len() > 1,
@@ -140,7 +149,8 @@ async fn dkimpy_verifies_every_kind_of_message() {
     let dns = DnsServer::start(
         Zone::new()
             .txt_strings("rsa2026._domainkey.clinic.example.org", &rsa_strings)
-            .txt("ed2026._domainkey.clinic.example.org", &ed),
+            .txt("ed2026._domainkey.clinic.example.org", &ed)
+            .txt("portal1._domainkey.mailbox.example", &recipient_key),
     )
     .await;
 
@@ -162,12 +172,14 @@ async fn dkimpy_verifies_every_kind_of_message() {
     // the portal after one attempt and the sender gets a notice.
     let extra = format!(
         "[policy]\nforced_tls_fallback_after = 1\n\n\
-         [portal]\nsender_receipt = true\nbase_url = \"https://portal.clinic.example.org\"\n\n\
-         {}{}\
+         [portal]\nsender_receipt = true\ntls = false\n\
+         base_url = \"https://portal.clinic.example.org\"\n\n\
+         {}{}{}\
          [[delivery.routes]]\ndomain = \"bounce.example\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
          [[delivery.routes]]\ndomain = \"*\"\nhost = \"127.0.0.1\"\nport = {}\n",
         dkim_entry("clinic.example.org", "rsa2026", "rsa-sha256"),
         dkim_entry("clinic.example.org", "ed2026", "ed25519-sha256"),
+        dkim_entry("mailbox.example", "portal1", "ed25519-sha256"),
         rejecting.port(),
         receiver.port(),
     );
@@ -253,7 +265,7 @@ async fn dkimpy_verifies_every_kind_of_message() {
     // verified TLS.
     let received = receiver.wait_for_messages(8, Duration::from_secs(40)).await;
     assert_eq!(received.len(), 8, "log:\n{}", gateway.log());
-    // Each kind is told apart by envelope recipient and the fields its builder writes.
+    // Each kind is identified by its envelope recipient and a field its builder writes.
     let find = |what: &str, recipient: &str, marker: &str| {
         received
             .iter()
@@ -349,6 +361,214 @@ async fn dkimpy_verifies_every_kind_of_message() {
         line.contains(", dkim=clinic.example.org/rsa2026+clinic.example.org/ed2026, "),
         "{line}"
     );
+
+    // The passcode mail and the reply, driven through the portal's HTTP endpoints as a
+    // browser would drive them.
+    let portal: SocketAddr = gateway
+        .wait_for_log("portal listening address=", Duration::from_secs(5))
+        .and_then(|line| {
+            let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+            address.parse().ok()
+        })
+        .expect("portal address in the log");
+    let notification = find("notification", "sam.patient@mailbox.example", notifier);
+    let text = body_text(&notification);
+    let link = "https://portal.clinic.example.org/m/";
+    let token_start = text.find(link).expect("link in the notification") + link.len();
+    let token: String = text[token_start..]
+        .chars()
+        .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '-' || *ch == '_')
+        .collect();
+
+    let page = http(portal, "GET", &format!("/m/{token}"), "", None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf_cookie = format!(
+        "__Host-sealgate-csrf={}",
+        page.cookie("__Host-sealgate-csrf").expect("CSRF cookie")
+    );
+    let csrf = page.hidden_csrf().expect("CSRF field");
+    let form = ("application/x-www-form-urlencoded", format!("csrf={csrf}"));
+    let requested = http(
+        portal,
+        "POST",
+        &format!("/m/{token}/passcode"),
+        &csrf_cookie,
+        Some(form),
+    )
+    .await;
+    assert_eq!(requested.status, 200, "{}", requested.body);
+    let received = receiver.wait_for_messages(9, Duration::from_secs(20)).await;
+    let passcode_mail = received
+        .iter()
+        .find(|message| String::from_utf8_lossy(&message.data).contains("Your passcode"))
+        .expect("passcode mail")
+        .data
+        .clone();
+    let passcode: String = body_text(&passcode_mail)
+        .split("Your passcode is ")
+        .nth(1)
+        .expect("passcode in the mail")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+
+    let form = (
+        "application/x-www-form-urlencoded",
+        format!("csrf={csrf}&passcode={passcode}"),
+    );
+    let verified = http(
+        portal,
+        "POST",
+        &format!("/m/{token}/verify"),
+        &csrf_cookie,
+        Some(form),
+    )
+    .await;
+    assert_eq!(verified.status, 303, "{}", verified.body);
+    let session = format!(
+        "{csrf_cookie}; __Host-sealgate-session={}",
+        verified
+            .cookie("__Host-sealgate-session")
+            .expect("session cookie")
+    );
+    let message_page = http(
+        portal,
+        "GET",
+        &format!("/m/{token}/message"),
+        &session,
+        None,
+    )
+    .await;
+    assert_eq!(message_page.status, 200, "{}", message_page.body);
+    let session_csrf = message_page
+        .hidden_csrf()
+        .expect("CSRF field on the message page");
+    let boundary = "sealgate-test-boundary";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{session_csrf}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nThank you, received.\r\n\
+         --{boundary}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let replied = http(
+        portal,
+        "POST",
+        &format!("/m/{token}/reply"),
+        &session,
+        Some((&content_type, multipart)),
+    )
+    .await;
+    assert_eq!(replied.status, 200, "{}", replied.body);
+    let received = receiver
+        .wait_for_messages(10, Duration::from_secs(20))
+        .await;
+    let reply = received
+        .iter()
+        .find(|message| {
+            message.recipients == [ada]
+                && String::from_utf8_lossy(&message.data).contains("Thank you, received.")
+        })
+        .unwrap_or_else(|| panic!("no portal reply; log:\n{}", gateway.log()))
+        .data
+        .clone();
+
+    let (passed, output) = dkimpy_verify(&passcode_mail, dns.addr(), dir.path());
+    assert!(passed, "dkimpy rejected the passcode mail: {output}");
+    assert_eq!(
+        output.matches("d=clinic.example.org").count(),
+        2,
+        "{output}"
+    );
+    let (passed, output) = dkimpy_verify(&reply, dns.addr(), dir.path());
+    assert!(passed, "dkimpy rejected the portal reply: {output}");
+    assert!(
+        output.contains("d=mailbox.example s=portal1 a=ed25519-sha256 pass"),
+        "{output}"
+    );
+}
+
+/// Returns the first text part of a message, decoded.
+fn body_text(message: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse(message)
+        .and_then(|parsed| parsed.body_text(0).map(|text| text.into_owned()))
+        .expect("a text part")
+}
+
+/// An HTTP response read whole.
+struct HttpResponse {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl HttpResponse {
+    /// Returns the value a `Set-Cookie` field gives cookie `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            if !field.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            let value = value.trim().strip_prefix(&format!("{name}="))?;
+            Some(value.split(';').next()?.to_owned())
+        })
+    }
+
+    /// Returns the value of the form's hidden `csrf` field.
+    fn hidden_csrf(&self) -> Option<String> {
+        let start = self.body.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+        let length = self.body[start..].find('"')?;
+        Some(self.body[start..start + length].to_owned())
+    }
+}
+
+/// Sends one HTTP/1.1 request to the portal and reads the response until the server
+/// closes the connection.
+async fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    cookies: &str,
+    body: Option<(&str, String)>,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: portal.clinic.example.org\r\nConnection: close\r\n"
+    );
+    if !cookies.is_empty() {
+        request.push_str(&format!("Cookie: {cookies}\r\n"));
+    }
+    if let Some((content_type, content)) = &body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            content.len()
+        ));
+    }
+    request.push_str("\r\n");
+    if let Some((_, content)) = &body {
+        request.push_str(content);
+    }
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("portal answered within 10s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 /// Writes a config with keys for example.org and the `[dns_records]` settings, and returns
