@@ -780,8 +780,8 @@ impl DeliveryWorker {
             (body, summary.body_8bit)
         };
         // Signing comes last, over the bytes that go on the wire.
-        // NOTE: like S/MIME encryption above, signing runs on the worker's async task; for
-        // messages near the 35 MB size limit the body hash may hold that thread briefly.
+        // NOTE: like S/MIME encryption above, signing runs on the worker's async task, so
+        // hashing a large body holds that runtime thread until it is done (not measured).
         let signed = self
             .signatures
             .get_or_init(|| async { self.dkim.sign(&body).map_err(|error| error.to_string()) })
