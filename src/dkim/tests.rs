@@ -212,3 +212,34 @@ fn config_entries_are_validated() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+#[test]
+fn random_input_never_panics() {
+    let keys = tempfile::tempdir().unwrap();
+    let config = config_with_keys(
+        keys.path(),
+        &[("example.org", "sel1", DkimAlgorithm::Ed25519Sha256)],
+    );
+    let signer = MessageSigner::load(&config).unwrap();
+    let pieces: [&[u8]; 9] = [
+        b"From: ",
+        b"a@example.org",
+        b"\r\n",
+        b"\n",
+        b":",
+        b"\r\n\t",
+        b"=?utf-8?b?",
+        b"\xff\xc3",
+        b"<>,;\"",
+    ];
+    for _ in 0..2000 {
+        let length = rand::random_range(0..40);
+        let message: Vec<u8> = (0..length)
+            .flat_map(|_| pieces[rand::random_range(0..pieces.len())].iter().copied())
+            .collect();
+        let signatures = signer.sign(&message).unwrap();
+        if !signatures.signers.is_empty() {
+            assert_eq!(signatures.signers, ["example.org/sel1"]);
+        }
+    }
+}
