@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sealgate::audit::{AuditEvent, AuditLog};
 use sealgate::config::{Config, EXAMPLE_CONFIG};
-use sealgate::delivery::SmtpCourier;
+use sealgate::delivery::{self, SmtpCourier};
 use sealgate::envelope::{QueueId, display_address};
 use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
@@ -230,7 +230,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         &config.key_path(&config.inbound.tls_key),
     )
     .map_err(|error| error.to_string())?;
-    let courier = SmtpCourier::new(&config).map_err(|error| error.to_string())?;
+    let courier = SmtpCourier::with_policy_database(&config).map_err(|error| error.to_string())?;
 
     let committed = Arc::new(Notify::new());
     let spool = Spool::start(&config.database_path(), Arc::clone(&committed))
@@ -709,6 +709,12 @@ fn explain(
             router.route_classified(address, &classification, certificates.as_ref());
         println!("{}: {route}", display_address(address));
         println!("  because: {}", recipient.reason);
+        if let Some(requirement) = route.tls_requirement() {
+            println!(
+                "  tls: {}",
+                delivery::describe_tls_policy(&config.delivery, requirement)
+            );
+        }
     }
     Ok(())
 }

@@ -174,6 +174,13 @@ impl Config {
                 );
             }
         }
+        if delivery.dnssec == super::DnssecMode::TrustResolver && delivery.dns_servers.is_empty() {
+            return invalid(
+                "delivery.dnssec".into(),
+                quote("trust-resolver"),
+                "needs delivery.dns_servers: the AD bit is trusted only from resolvers named there",
+            );
+        }
         for (index, route) in delivery.routes.iter().enumerate() {
             if !is_domain_pattern(&route.domain) {
                 return invalid(

@@ -334,7 +334,7 @@ impl QueueManager {
             report.transfer_time.as_secs_f64()
         );
         let relay = report.relay.clone().unwrap_or_else(|| "none".into());
-        let tls = report.tls.to_string();
+        let tls = report.tls_field();
         let lookup = id.clone();
         let rows = self
             .with_store(move |store| store.recipients(&lookup))
@@ -760,6 +760,7 @@ impl DeliveryWorker {
                     return AttemptReport {
                         relay: None,
                         tls: TlsOutcome::NotConnected,
+                        verification: Default::default(),
                         connect_time: Duration::ZERO,
                         transfer_time: Duration::ZERO,
                         results: deferred_all(recipients, &failure),
