@@ -176,6 +176,11 @@ pub struct DeliveryConfig {
     /// Port of MTA-STS policy servers. RFC 8461 fixes 443; another port is only for
     /// tests with a policy server on loopback. Default: 443.
     pub mta_sts_port: u16,
+    /// Send TLS-RPT aggregate reports (RFC 8460) to domains that publish `_smtp._tls`.
+    /// Default: true.
+    pub tlsrpt: bool,
+    /// How often reports of the finished UTC days are sent. Default: `1d`.
+    pub tlsrpt_interval: ConfigDuration,
 }
 
 /// `delivery.dnssec`: how DNS answers are known to be DNSSEC-validated.
@@ -290,6 +295,8 @@ impl Default for DeliveryConfig {
             mta_sts: true,
             mta_sts_timeout: ConfigDuration::secs(30),
             mta_sts_port: 443,
+            tlsrpt: true,
+            tlsrpt_interval: ConfigDuration::secs(86_400),
         }
     }
 }

@@ -36,6 +36,7 @@ mod mta_sts;
 mod mx;
 mod policy;
 mod tls;
+pub mod tlsrpt;
 mod transport;
 
 use std::fmt;

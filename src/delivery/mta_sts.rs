@@ -55,6 +55,19 @@ pub(crate) struct StsPolicy {
 }
 
 impl StsPolicy {
+    /// Writes the policy back as its lines, for the `policy-string` of TLS-RPT.
+    pub fn lines(&self) -> Vec<String> {
+        let mode = match self.mode {
+            StsMode::Enforce => "enforce",
+            StsMode::Testing => "testing",
+            StsMode::None => "none",
+        };
+        let mut lines = vec!["version: STSv1".to_owned(), format!("mode: {mode}")];
+        lines.extend(self.mx.iter().map(|pattern| format!("mx: {pattern}")));
+        lines.push(format!("max_age: {}", self.max_age));
+        lines
+    }
+
     /// Checks whether `host` matches one of the policy's MX patterns. A `*.` pattern
     /// matches exactly one more label on the left (RFC 8461 §4.1).
     pub fn matches_mx(&self, host: &str) -> bool {
@@ -168,6 +181,31 @@ pub(crate) struct CachedPolicy {
     pub fetched_at: i64,
 }
 
+/// Opens the TLS database at `path` (its folder created when missing), or an in-memory
+/// one for `None`, in WAL mode, and runs `schema`.
+pub(crate) fn open_tls_database(
+    path: Option<&Path>,
+    schema: &str,
+) -> Result<Arc<Mutex<Connection>>, DeliveryError> {
+    let database = |error: rusqlite::Error| DeliveryError::Database(error.to_string());
+    let connection = match path {
+        Some(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|error| DeliveryError::Database(error.to_string()))?;
+            }
+            Connection::open(path).map_err(database)?
+        }
+        None => Connection::open_in_memory().map_err(database)?,
+    };
+    // Two processes share the file: `sealgate serve` and `sealgate tlsrpt send`.
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+        .map_err(database)?;
+    connection.execute_batch(schema).map_err(database)?;
+    Ok(Arc::new(Mutex::new(connection)))
+}
+
 /// The policy cache, in the TLS database (or in memory when no file is given).
 #[derive(Clone)]
 pub(crate) struct PolicyCache {
@@ -177,32 +215,17 @@ pub(crate) struct PolicyCache {
 impl PolicyCache {
     /// Opens (and creates) the cache in `path`, or in memory for `None`.
     pub fn open(path: Option<&Path>) -> Result<PolicyCache, DeliveryError> {
-        let database = |error: rusqlite::Error| DeliveryError::Database(error.to_string());
-        let connection = match path {
-            Some(path) => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|error| DeliveryError::Database(error.to_string()))?;
-                }
-                Connection::open(path).map_err(database)?
-            }
-            None => Connection::open_in_memory().map_err(database)?,
-        };
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 CREATE TABLE IF NOT EXISTS mta_sts_policies (
-                     domain TEXT PRIMARY KEY,
-                     policy_id TEXT NOT NULL,
-                     policy TEXT NOT NULL,
-                     fetched_at INTEGER NOT NULL,
-                     expires_at INTEGER NOT NULL
-                 );",
-            )
-            .map_err(database)?;
-        Ok(PolicyCache {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let connection = open_tls_database(
+            path,
+            "CREATE TABLE IF NOT EXISTS mta_sts_policies (
+                 domain TEXT PRIMARY KEY,
+                 policy_id TEXT NOT NULL,
+                 policy TEXT NOT NULL,
+                 fetched_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL
+             );",
+        )?;
+        Ok(PolicyCache { connection })
     }
 
     /// Returns the unexpired policy of `domain`, if any. A stored policy that no longer

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
@@ -22,6 +22,7 @@ use super::dnssec::{SecureLookup, SecureResolver};
 use super::mta_sts::{PolicyCache, PolicyFetcher, StsMode, StsPolicy, log_fetch, record_id};
 use super::mx::{HopResolver, NextHop, TxtAnswer};
 use super::tls::{ProbeResult, TlsConnectors};
+use super::tlsrpt::{PolicyType, ReportStore, TlsResult};
 use super::{DeliveryError, DeliveryJob, Failure, Stage, Verification};
 use crate::config::{Config, DnssecMode, parse_dns_server};
 use crate::policy::TlsRequirement;
@@ -37,6 +38,10 @@ pub(crate) struct HostPlan {
     pub verification: Verification,
     /// Set in MTA-STS `testing` mode: what verified TLS would have said.
     pub probe: Option<ProbeResult>,
+    /// The policy type for TLS-RPT.
+    pub policy_type: PolicyType,
+    /// The policy as text lines for TLS-RPT.
+    pub policy_strings: Vec<String>,
 }
 
 /// Whether a next hop is tried, and how.
@@ -52,10 +57,12 @@ pub(crate) struct TlsPlanner {
     tls: TlsConnectors,
     secure: Option<SecureResolver>,
     sts: Option<StsState>,
+    reports: ReportStore,
 }
 
 #[derive(Clone)]
 struct StsState {
+    reports: ReportStore,
     cache: PolicyCache,
     fetcher: PolicyFetcher,
     /// Domains whose policy is being refreshed in the background.
@@ -63,11 +70,13 @@ struct StsState {
 }
 
 impl TlsPlanner {
-    /// Builds the planner from `[delivery]`, with `cache` as the MTA-STS policy cache.
+    /// Builds the planner from `[delivery]`, with `cache` as the MTA-STS policy cache and
+    /// `reports` for TLS-RPT results.
     pub fn new(
         config: &Config,
         tls: TlsConnectors,
         cache: PolicyCache,
+        reports: ReportStore,
     ) -> Result<TlsPlanner, DeliveryError> {
         let delivery = &config.delivery;
         let secure = match delivery.dnssec {
@@ -90,6 +99,7 @@ impl TlsPlanner {
             }
         };
         let sts = delivery.mta_sts.then(|| StsState {
+            reports: reports.clone(),
             cache,
             fetcher: PolicyFetcher {
                 connector: tls.https.clone(),
@@ -98,7 +108,12 @@ impl TlsPlanner {
             },
             refreshing: Arc::default(),
         });
-        Ok(TlsPlanner { tls, secure, sts })
+        Ok(TlsPlanner {
+            tls,
+            secure,
+            sts,
+            reports,
+        })
     }
 
     /// Decides, for each of `hops`, whether and how it is tried.
@@ -136,17 +151,25 @@ impl TlsPlanner {
                             connector: self.tls.verified.clone(),
                             verification: Verification::MtaSts,
                             probe: None,
+                            policy_type: PolicyType::Sts,
+                            policy_strings: policy.lines(),
                         })
                     } else {
                         let detail = format!(
                             "MX host {} is not listed in the MTA-STS policy of {}",
                             hop.name, job.domain
                         );
+                        self.record_mx_mismatch(job.domain, hop, policy, &detail);
                         HostDecision::Skip(policy_failure(detail), Verification::MtaSts)
                     }
                 }
                 Some(policy) if policy.mode == StsMode::Testing => {
                     if !policy.matches_mx(&hop.name) {
+                        let detail = format!(
+                            "MX host {} is not listed in the MTA-STS policy of {}",
+                            hop.name, job.domain
+                        );
+                        self.record_mx_mismatch(job.domain, hop, policy, &detail);
                         warn!(
                             queue_id = job.queue_id,
                             domain = %escape_field(job.domain),
@@ -164,32 +187,42 @@ impl TlsPlanner {
         decisions
     }
 
+    fn record_mx_mismatch(&self, domain: &str, hop: &NextHop, policy: &StsPolicy, detail: &str) {
+        self.reports.record(&TlsResult {
+            domain,
+            policy_type: PolicyType::Sts,
+            policy_strings: &policy.lines(),
+            mx_host: &hop.name,
+            receiving_ip: "",
+            result_type: Some("validation-failure"),
+            detail,
+        });
+    }
+
     /// The plan of a host without DANE or an enforced MTA-STS policy.
     fn route_plan(&self, required: bool, hop: &NextHop, testing: Option<&StsPolicy>) -> HostPlan {
-        if required {
-            return HostPlan {
-                required: true,
-                connector: self.tls.verified.clone(),
-                verification: Verification::Ca,
-                probe: None,
-            };
-        }
-        if testing.is_some()
-            && let Ok((connector, probe)) = self.tls.probing(&hop.tls_name)
-        {
-            return HostPlan {
-                required: false,
-                connector,
-                verification: Verification::None,
-                probe: Some(probe),
-            };
-        }
-        HostPlan {
-            required: false,
+        let (policy_type, policy_strings) = match testing {
+            Some(policy) => (PolicyType::Sts, policy.lines()),
+            None => (PolicyType::NoPolicyFound, Vec::new()),
+        };
+        let mut plan = HostPlan {
+            required,
             connector: self.tls.unverified.clone(),
             verification: Verification::None,
             probe: None,
+            policy_type,
+            policy_strings,
+        };
+        if required {
+            plan.connector = self.tls.verified.clone();
+            plan.verification = Verification::Ca;
+        } else if testing.is_some()
+            && let Ok((connector, probe)) = self.tls.probing(&hop.tls_name)
+        {
+            plan.connector = connector;
+            plan.probe = Some(probe);
         }
+        plan
     }
 
     /// RFC 7672 §2.2: DANE applies only when the MX records themselves are secure.
@@ -230,12 +263,28 @@ impl TlsPlanner {
                     "TLSA lookup for {} failed, so DANE cannot be checked: {reason}",
                     owner.trim_end_matches('.')
                 );
+                self.reports.record(&TlsResult {
+                    domain: job.domain,
+                    policy_type: PolicyType::Tlsa,
+                    policy_strings: &[],
+                    mx_host: &hop.name,
+                    receiving_ip: "",
+                    result_type: Some("dnssec-invalid"),
+                    detail: &detail,
+                });
                 return Some(HostDecision::Skip(
                     policy_failure(detail),
                     Verification::Dane,
                 ));
             }
         };
+        let policy_strings: Vec<String> = records
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::TLSA(tlsa) => Some(tlsa.to_string()),
+                _ => None,
+            })
+            .collect();
         let usable = usable_records(&records);
         if usable.is_empty() {
             // NOTE: RFC 7672 §2.2 asks for TLS without authentication here; this falls back
@@ -245,6 +294,15 @@ impl TlsPlanner {
                 host = %escape_field(&hop.name),
                 "secure TLSA records, but none usable for SMTP: DANE does not apply",
             );
+            self.reports.record(&TlsResult {
+                domain: job.domain,
+                policy_type: PolicyType::Tlsa,
+                policy_strings: &policy_strings,
+                mx_host: &hop.name,
+                receiving_ip: "",
+                result_type: Some("tlsa-invalid"),
+                detail: "no TLSA record usable for SMTP",
+            });
             return None;
         }
         let decision = match self.tls.dane(usable) {
@@ -253,6 +311,8 @@ impl TlsPlanner {
                 connector,
                 verification: Verification::Dane,
                 probe: None,
+                policy_type: PolicyType::Tlsa,
+                policy_strings,
             }),
             Err(error) => HostDecision::Skip(
                 policy_failure(format!("failed to build the DANE verifier: {error}")),
@@ -304,7 +364,23 @@ impl StsState {
                 self.cache.put(domain, &id, &text, &policy, now);
                 Some(policy)
             }
-            Err(_) => {
+            Err(error) => {
+                let result_type = if error.contains("TLS handshake failed") {
+                    "sts-webpki-invalid"
+                } else if error.contains("invalid policy") {
+                    "sts-policy-invalid"
+                } else {
+                    "sts-policy-fetch-error"
+                };
+                self.reports.record(&TlsResult {
+                    domain,
+                    policy_type: PolicyType::Sts,
+                    policy_strings: &[],
+                    mx_host: "",
+                    receiving_ip: "",
+                    result_type: Some(result_type),
+                    detail: &error,
+                });
                 if cached.is_some() {
                     warn!(
                         queue_id,

@@ -2,7 +2,7 @@
 //! then try each address of each host in order until one finishes the transaction.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +14,10 @@ use tracing::debug;
 
 use super::client::{self, Peer, StartTls, Timeouts, Transaction};
 use super::mta_sts::PolicyCache;
-use super::mx::HopResolver;
+use super::mx::{HopResolver, NextHop};
 use super::policy::{HostDecision, HostPlan, TlsPlanner};
 use super::tls::TlsConnectors;
+use super::tlsrpt::{ReportStore, TlsResult, result_type_of};
 use super::{
     AttemptReport, DeliveryError, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage,
     TlsOutcome, Verification,
@@ -38,6 +39,7 @@ pub trait Transport: Send + Sync {
 pub struct SmtpCourier {
     hops: Arc<HopResolver>,
     planner: TlsPlanner,
+    reports: ReportStore,
     helo_name: String,
     timeouts: Timeouts,
 }
@@ -71,27 +73,33 @@ impl SmtpCourier {
     /// MTA-STS policies are cached in memory only; [`SmtpCourier::with_policy_database`]
     /// keeps them across restarts.
     pub fn new(config: &Config) -> Result<SmtpCourier, DeliveryError> {
-        SmtpCourier::build(config, PolicyCache::open(None)?)
+        SmtpCourier::build(config, PolicyCache::open(None)?, ReportStore::open(None)?)
     }
 
-    /// Builds the courier like [`SmtpCourier::new`], with the MTA-STS policy cache in
-    /// the TLS database at [`Config::tls_database_path`].
+    /// Builds the courier like [`SmtpCourier::new`], with the MTA-STS policy cache and the
+    /// TLS-RPT results in the TLS database at [`Config::tls_database_path`].
     ///
     /// # Errors
     ///
     /// As [`SmtpCourier::new`], and [`DeliveryError::Database`] when the database cannot
     /// be opened.
     pub fn with_policy_database(config: &Config) -> Result<SmtpCourier, DeliveryError> {
-        let cache = PolicyCache::open(Some(&config.tls_database_path()))?;
-        SmtpCourier::build(config, cache)
+        let path = config.tls_database_path();
+        let cache = PolicyCache::open(Some(&path))?;
+        SmtpCourier::build(config, cache, ReportStore::open(Some(&path))?)
     }
 
-    fn build(config: &Config, cache: PolicyCache) -> Result<SmtpCourier, DeliveryError> {
+    fn build(
+        config: &Config,
+        cache: PolicyCache,
+        reports: ReportStore,
+    ) -> Result<SmtpCourier, DeliveryError> {
         let delivery = &config.delivery;
         let tls = TlsConnectors::new(config)?;
         Ok(SmtpCourier {
             hops: Arc::new(HopResolver::new(delivery)?),
-            planner: TlsPlanner::new(config, tls, cache)?,
+            planner: TlsPlanner::new(config, tls, cache, reports.clone())?,
+            reports,
             helo_name: config.helo_name().to_owned(),
             timeouts: Timeouts {
                 connect: delivery.connect_timeout.0,
@@ -186,7 +194,9 @@ impl SmtpCourier {
                     queue_id: job.queue_id,
                 };
                 relay = Some(peer.label.clone());
-                match self.try_address(job, &peer, &plan, &mut clock).await {
+                let outcome = self.try_address(job, &peer, &plan, &mut clock).await;
+                self.record_result(job, hop, *ip, &plan, &outcome);
+                match outcome {
                     AddressOutcome::Finished(results, outcome) => {
                         let tls = (outcome, plan.verification);
                         return report(job, relay, tls, &clock, results);
@@ -222,6 +232,50 @@ impl SmtpCourier {
             &clock,
             same_for_all(job, DeliveryStatus::Deferred(failure)),
         )
+    }
+
+    /// Counts the TLS result of one address for TLS-RPT: a TLS session, or a failure at
+    /// the TLS step. Clear-text sessions without a policy are not counted.
+    fn record_result(
+        &self,
+        job: &DeliveryJob<'_>,
+        hop: &NextHop,
+        ip: IpAddr,
+        plan: &HostPlan,
+        outcome: &AddressOutcome,
+    ) {
+        let testing_failure = plan
+            .probe
+            .as_ref()
+            .and_then(|probe| probe.lock().ok().and_then(|result| result.clone()));
+        let (result_type, detail) = match (outcome, testing_failure) {
+            (_, Some(detail)) => (Some(result_type_of(&detail)), detail),
+            (AddressOutcome::Failed(failure, _), None) if failure.stage == Stage::Tls => (
+                Some(result_type_of(&failure.detail)),
+                failure.detail.clone(),
+            ),
+            (
+                AddressOutcome::Finished(
+                    _,
+                    TlsOutcome::Verified { .. } | TlsOutcome::Unverified { .. },
+                )
+                | AddressOutcome::Failed(
+                    _,
+                    TlsOutcome::Verified { .. } | TlsOutcome::Unverified { .. },
+                ),
+                None,
+            ) => (None, String::new()),
+            _ => return,
+        };
+        self.reports.record(&TlsResult {
+            domain: job.domain,
+            policy_type: plan.policy_type,
+            policy_strings: &plan.policy_strings,
+            mx_host: &hop.name,
+            receiving_ip: &ip.to_string(),
+            result_type,
+            detail: &detail,
+        });
     }
 
     /// Delivers to one address with the TLS plan of its host.
@@ -264,7 +318,7 @@ impl SmtpCourier {
                     TlsOutcome::Unverified { version }
                 };
                 if let Some(probe) = &plan.probe
-                    && let Some(detail) = probe.lock().ok().and_then(|mut result| result.take())
+                    && let Some(detail) = probe.lock().ok().and_then(|result| result.clone())
                 {
                     report_testing_failure(job, peer, plan, &detail);
                 }
