@@ -166,7 +166,7 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     /// Static routes, like Postfix's transport maps.
     pub routes: Vec<StaticRoute>,
-    /// Where DNSSEC answers come from, which DANE needs. Default: `off` (no DANE).
+    /// Source of DNSSEC-validated answers, which DANE needs. Default: `off` (no DANE).
     pub dnssec: DnssecMode,
     /// Look up and apply the MTA-STS policy (RFC 8461) of every recipient domain reached
     /// through its MX records. Default: true.

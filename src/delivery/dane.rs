@@ -2,11 +2,11 @@
 //! that checks the server's chain against them.
 //!
 //! Only DANE-TA(2) and DANE-EE(3) are usable. PKIX-TA(0) and PKIX-EE(1) are unusable for
-//! SMTP (RFC 7672 §3.1.3) and ignored, as are unknown selectors and matching types.
+//! SMTP (RFC 7672) and ignored, as are unknown selectors and matching types.
 //! DANE-EE matches the server certificate alone and ignores its names and validity dates
-//! (RFC 7672 §3.1.1). DANE-TA accepts a chain that leads to a certificate in the chain
+//! (RFC 7672). DANE-TA accepts a chain that leads to a certificate in the chain
 //! the server sent that matches a TLSA record. The server certificate must then name the
-//! MX host and be within its validity dates (RFC 7672 §3.1.2).
+//! MX host and be within its validity dates (RFC 7672).
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! DNS queries whose answers must be known to be DNSSEC-validated, for DANE.
 //!
 //! With `delivery.dnssec = "trust-resolver"`, each query is sent to the resolvers in
-//! `delivery.dns_servers` with the DO and AD bits set (RFC 6840 §5.7), and an answer
+//! `delivery.dns_servers` with the DO and AD bits set (RFC 6840), and an answer
 //! counts as secure when the resolver sets the AD bit in its response. hickory's resolver
 //! sets neither bit in queries unless it validates itself, and it hides the response
 //! header behind its cache, so these few queries are sent directly over UDP, with TCP when
@@ -15,7 +15,7 @@ use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// What a validating resolver reported for one query.
+/// The result of one query to a validating resolver.
 #[derive(Clone, Debug)]
 pub(crate) enum SecureLookup {
     /// NOERROR: the answer records, and whether the resolver validated them.
@@ -40,7 +40,7 @@ pub(crate) struct SecureResolver {
 }
 
 impl SecureResolver {
-    /// Creates a resolver that asks `servers` in order, allowing `timeout` per query.
+    /// Creates a resolver that queries `servers` in order, allowing `timeout` per query.
     pub fn new(servers: Vec<SocketAddr>, timeout: Duration) -> SecureResolver {
         SecureResolver { servers, timeout }
     }

@@ -113,7 +113,7 @@ pub struct AttemptReport {
     pub relay: Option<String>,
     /// TLS on the connection that carried (or last tried to carry) the message.
     pub tls: TlsOutcome,
-    /// How that connection's certificate was to be verified.
+    /// The verification policy of that connection's certificate.
     pub verification: Verification,
     /// Time spent on DNS, connecting, greeting and TLS.
     pub connect_time: Duration,
@@ -164,7 +164,7 @@ pub enum TlsOutcome {
     },
 }
 
-/// Which policy decided how a next hop's certificate is verified, strongest first
+/// The policy that decided how a next hop's certificate is verified, strongest first
 /// (see `docs/tls-policy.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Verification {

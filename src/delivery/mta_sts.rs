@@ -5,8 +5,8 @@
 //! `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`. A policy is fetched when the TXT id is
 //! not the cached one, and kept in the TLS database until its `max_age` runs out, so it
 //! survives a restart. While a policy is cached, it is used when the TXT record or the
-//! policy server cannot be reached (RFC 8461 §5.1). Without a cached policy, a failed
-//! fetch means delivery as if the domain had no policy (RFC 8461 §5).
+//! policy server cannot be reached (RFC 8461). Without a cached policy, a failed
+//! fetch means delivery as if the domain had no policy (RFC 8461).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -27,9 +27,10 @@ use tracing::{debug, info, warn};
 use super::DeliveryError;
 use crate::telemetry::escape_field;
 
-/// Largest `max_age` RFC 8461 §3.2 allows: 31557600 seconds (about a year).
+/// Largest `max_age` RFC 8461 allows: 31557600 seconds (about a year).
 pub(crate) const MAX_AGE_LIMIT: u64 = 31_557_600;
-/// Largest policy file accepted. RFC 8461 §3.3 says senders may limit it to 64 KiB.
+/// Largest policy file accepted. RFC 8461 lets senders limit the size, and 64 KiB is far
+/// above any real policy.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
 
 /// The `mode` of a policy.
@@ -69,7 +70,7 @@ impl StsPolicy {
     }
 
     /// Checks whether `host` matches one of the policy's MX patterns. A `*.` pattern
-    /// matches exactly one more label on the left (RFC 8461 §4.1).
+    /// matches exactly one more label on the left (RFC 8461).
     pub fn matches_mx(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.mx
@@ -84,7 +85,7 @@ impl StsPolicy {
 }
 
 /// Parses a policy file strictly: `version: STSv1` first, one `mode` and one `max_age`,
-/// at least one `mx` unless the mode is `none`. Unknown keys are ignored (RFC 8461 §3.2).
+/// at least one `mx` unless the mode is `none`. Unknown keys are ignored (RFC 8461).
 ///
 /// # Errors
 ///
@@ -157,7 +158,7 @@ fn is_mx_pattern(value: &str) -> bool {
     crate::config::is_domain_name(name) && name.contains('.')
 }
 
-/// Returns the id of the one valid `v=STSv1` TXT record among `texts`. RFC 8461 §3.1:
+/// Returns the id of the one valid `v=STSv1` TXT record among `texts`. RFC 8461:
 /// with none or more than one, the domain has no policy.
 pub(crate) fn record_id(texts: &[String]) -> Option<String> {
     let records: Vec<&String> = texts
@@ -330,6 +331,7 @@ impl PolicyFetcher {
             .connect(name, tcp)
             .await
             .map_err(|error| format!("TLS handshake failed: {error}"))?;
+
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|error| format!("HTTP handshake failed: {error}"))?;
@@ -345,7 +347,8 @@ impl PolicyFetcher {
             .send_request(request)
             .await
             .map_err(|error| format!("HTTP request failed: {error}"))?;
-        // RFC 8461 §3.3: redirects are not followed, and only 200 is a policy.
+
+        // RFC 8461: redirects are not followed, and only 200 is a policy.
         if response.status() != hyper::StatusCode::OK {
             return Err(format!("HTTP status {}", response.status()));
         }
@@ -358,6 +361,7 @@ impl PolicyFetcher {
         if !media_type.eq_ignore_ascii_case("text/plain") {
             return Err(format!("content type {content_type:?} is not text/plain"));
         }
+
         let body = Limited::new(response.into_body(), MAX_POLICY_BYTES)
             .collect()
             .await

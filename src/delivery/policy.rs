@@ -36,7 +36,8 @@ pub(crate) struct HostPlan {
     pub connector: TlsConnector,
     /// The policy behind `connector`, for the log.
     pub verification: Verification,
-    /// Set in MTA-STS `testing` mode: what verified TLS would have said.
+    /// Set in MTA-STS `testing` mode: the verification failure that `enforce` mode would have
+    /// deferred on.
     pub probe: Option<ProbeResult>,
     /// The policy type for TLS-RPT.
     pub policy_type: PolicyType,
@@ -199,7 +200,7 @@ impl TlsPlanner {
         });
     }
 
-    /// The plan of a host without DANE or an enforced MTA-STS policy.
+    /// Builds the plan of a host without DANE or an enforced MTA-STS policy.
     fn route_plan(&self, required: bool, hop: &NextHop, testing: Option<&StsPolicy>) -> HostPlan {
         let (policy_type, policy_strings) = match testing {
             Some(policy) => (PolicyType::Sts, policy.lines()),
@@ -225,7 +226,7 @@ impl TlsPlanner {
         plan
     }
 
-    /// RFC 7672 §2.2: DANE applies only when the MX records themselves are secure.
+    /// RFC 7672: DANE applies only when the MX records themselves are secure.
     async fn mx_is_secure(&self, domain: &str) -> bool {
         let Some(secure) = &self.secure else {
             return false;
@@ -287,7 +288,7 @@ impl TlsPlanner {
             .collect();
         let usable = usable_records(&records);
         if usable.is_empty() {
-            // NOTE: RFC 7672 §2.2 asks for TLS without authentication here; this falls back
+            // NOTE: RFC 7672 calls for TLS without authentication here; this falls back
             // to the next policy instead, which may allow clear text.
             info!(
                 queue_id = job.queue_id,
@@ -343,7 +344,7 @@ impl StsState {
             }
         };
         let Some(id) = id else {
-            // RFC 8461 §5.1: a cached policy stays in force until it expires, even when the
+            // RFC 8461: a cached policy stays in force until it expires, even when the
             // TXT record is gone.
             return cached.map(|cached| cached.policy);
         };

@@ -229,7 +229,7 @@ fn words_of(name: &str) -> String {
 
 /// Implements the handshake signature methods of `ServerCertVerifier` with the
 /// `algorithms` field of the verifier: whatever the certificate check decides, the server
-/// must prove it holds the certificate's key.
+/// must prove that it has the certificate's private key.
 macro_rules! handshake_signature_checks {
     () => {
         fn verify_tls12_signature(
@@ -289,8 +289,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     handshake_signature_checks!();
 }
 
-/// Accepts every certificate, like [`AcceptAnyCertificate`], and records what the
-/// verifying check would have said about it.
+/// Accepts every certificate, like [`AcceptAnyCertificate`], and records the result that
+/// the verifying check would have returned for it.
 #[derive(Debug)]
 struct ProbingVerifier {
     inner: Arc<WebPkiServerVerifier>,

@@ -74,7 +74,7 @@ pub(crate) struct TlsResult<'a> {
     pub detail: &'a str,
 }
 
-/// Maps a TLS failure description to an RFC 8460 §4.3 result type.
+/// Maps a TLS failure description to an RFC 8460 result type.
 pub(crate) fn result_type_of(detail: &str) -> &'static str {
     if detail.contains("STARTTLS not offered") || detail.contains("STARTTLS rejected") {
         "starttls-not-supported"
@@ -355,7 +355,7 @@ async fn report_addresses(resolver: &HopResolver, domain: &str) -> Vec<String> {
         .filter(|text| text.trim_start().starts_with("v=TLSRPTv1"))
         .filter_map(|text| TlsRpt::parse(text.as_bytes()).ok())
         .collect();
-    // RFC 8460 §3: with more than one record, none is used.
+    // RFC 8460: with more than one record, none is used.
     let [record] = records.as_slice() else {
         return Vec::new();
     };
@@ -374,7 +374,7 @@ async fn report_addresses(resolver: &HopResolver, domain: &str) -> Vec<String> {
     addresses
 }
 
-/// Builds the report mail of RFC 8460 §5.3: subject and `TLS-Report-*` headers, a text
+/// Builds the report mail of RFC 8460: subject and `TLS-Report-*` headers, a text
 /// part and the gzipped JSON as `application/tlsrpt+gzip`.
 fn report_message(
     config: &Config,
@@ -407,7 +407,7 @@ fn report_message(
             .iter()
             .map(|address| address.as_str())
             .collect::<Vec<_>>())
-        // RFC 8460 §5.3 fixes the subject's words; written raw so that it is not
+        // RFC 8460 fixes the subject's words; written raw so that it is not
         // encoded as MIME words.
         .header(
             "Subject",
