@@ -401,6 +401,36 @@ async fn mta_sts_cached_policy_survives_restart_and_outage() {
 }
 
 #[tokio::test]
+async fn mta_sts_new_txt_id_fetches_again() {
+    common::init_logs();
+    let pki = TestPki::new();
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(ServerScript::with_tls(pki.self_signed(STS_MX))).await;
+    let enforce = PolicyServer::policy(&pki.server(POLICY_HOST), "enforce", &[STS_MX]).await;
+    let dns = DnsServer::start(sts_zone("1")).await;
+    let mut config = config_for(&pki, &dns, &smtp, enforce.port);
+    config.server.data_dir = data.path().to_owned();
+    let courier = SmtpCourier::with_policy_database(&config).unwrap();
+    let first = deliver(&courier, STS_DOMAIN, TlsRequirement::Opportunistic).await;
+    let second = deliver(&courier, STS_DOMAIN, TlsRequirement::Opportunistic).await;
+    deferred_detail(&first);
+    deferred_detail(&second);
+    assert_eq!(enforce.requests(), 1, "the cached policy was fetched again");
+
+    // The domain publishes a new id and switches to testing: the new policy is fetched
+    // and delivery goes on.
+    let testing = PolicyServer::policy(&pki.server(POLICY_HOST), "testing", &[STS_MX]).await;
+    let dns = DnsServer::start(sts_zone("2")).await;
+    let mut config = config_for(&pki, &dns, &smtp, testing.port);
+    config.server.data_dir = data.path().to_owned();
+    let courier = SmtpCourier::with_policy_database(&config).unwrap();
+    let report = deliver(&courier, STS_DOMAIN, TlsRequirement::Opportunistic).await;
+
+    assert_eq!(testing.requests(), 1);
+    assert!(is_sent(&report), "{:?}", report.results);
+}
+
+#[tokio::test]
 async fn mta_sts_unreachable_without_cache_delivers_without_policy() {
     common::init_logs();
     let pki = TestPki::new();

@@ -120,6 +120,12 @@ async fn tlsrpt_report_reaches_sink_with_counts() {
     let wait = Duration::from_secs(20);
     let sent = gateway.wait_for_lines("status=sent", 2, wait);
     assert!(sent.is_some(), "log:\n{}", gateway.log());
+    for line in sent.unwrap() {
+        assert!(
+            line.contains("/unverified/none, route=opportunistic"),
+            "{line}"
+        );
+    }
     let deferred = gateway.wait_for_log("status=deferred", wait);
     assert!(deferred.is_some(), "log:\n{}", gateway.log());
     let deferred = deferred.unwrap();
