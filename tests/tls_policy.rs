@@ -679,3 +679,41 @@ async fn dane_unused_when_dnssec_off() {
     assert!(is_sent(&report), "{:?}", report.results);
     assert_eq!(report.verification, Verification::Ca);
 }
+
+#[tokio::test]
+async fn dane_unusable_records_still_require_tls() {
+    common::init_logs();
+    let pki = TestPki::new();
+    let pkix_only = || {
+        TLSA::new(
+            CertUsage::PkixEe,
+            Selector::Spki,
+            Matching::Sha256,
+            vec![0xab; 32],
+        )
+    };
+
+    let clear = SmtpServer::start(ServerScript::default()).await;
+    let zone = dane_zone(&clear, true, vec![pkix_only()]);
+    let (courier, _dns) = dane_courier(&pki, zone, &clear).await;
+    let report = deliver(&courier, DANE_DOMAIN, TlsRequirement::Opportunistic).await;
+    let detail = deferred_detail(&report);
+    assert!(detail.contains("STARTTLS not offered"), "{detail}");
+    assert_eq!(report.verification, Verification::Dane);
+    assert!(
+        no_mail_from(&clear),
+        "mail sent in clear text despite secure TLSA records"
+    );
+
+    let encrypted = SmtpServer::start(ServerScript::with_tls(pki.self_signed(DANE_MX))).await;
+    let zone = dane_zone(&encrypted, true, vec![pkix_only()]);
+    let (courier, _dns) = dane_courier(&pki, zone, &encrypted).await;
+    let report = deliver(&courier, DANE_DOMAIN, TlsRequirement::Opportunistic).await;
+    assert!(is_sent(&report), "{:?}", report.results);
+    assert!(
+        matches!(report.tls, TlsOutcome::Unverified { .. }),
+        "{}",
+        report.tls
+    );
+    assert_eq!(report.tls_field().split('/').next_back(), Some("dane"));
+}

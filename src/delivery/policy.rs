@@ -30,8 +30,10 @@ use crate::telemetry::escape_field;
 
 /// How to talk TLS to one next hop.
 pub(crate) struct HostPlan {
-    /// STARTTLS and a verified certificate are required.
+    /// STARTTLS is required: the host is never sent mail in clear text.
     pub required: bool,
+    /// The connector verifies the certificate, so a session counts as verified.
+    pub authenticated: bool,
     /// The connector for STARTTLS.
     pub connector: TlsConnector,
     /// The policy behind `connector`, for the log.
@@ -51,6 +53,17 @@ pub(crate) enum HostDecision {
     Try(HostPlan),
     /// The host must not be used; its failure counts as the host's attempt.
     Skip(Failure, Verification),
+}
+
+/// What the TLSA lookup of a host means for it.
+enum DaneCheck {
+    /// DANE decides: verify against the TLSA records, or skip the host.
+    Applies(HostDecision),
+    /// Secure TLSA records exist but none is usable, so TLS is required without
+    /// authentication, and the next policy may still verify.
+    EncryptOnly,
+    /// No secure TLSA records: the next policy decides.
+    DoesNotApply,
 }
 
 /// Decides [`HostDecision`]s from DNSSEC, TLSA and MTA-STS lookups.
@@ -132,7 +145,7 @@ impl TlsPlanner {
                 .collect();
         }
 
-        let policy = match &self.sts {
+        let sts_policy = match &self.sts {
             Some(sts) => sts.policy(resolver, job.queue_id, job.domain).await,
             None => None,
         };
@@ -140,52 +153,80 @@ impl TlsPlanner {
 
         let mut decisions = Vec::with_capacity(hops.len());
         for hop in hops {
-            if mx_secure && let Some(decision) = self.dane_decision(job, hop).await {
-                decisions.push(decision);
-                continue;
-            }
-            let decision = match &policy {
-                Some(policy) if policy.mode == StsMode::Enforce => {
-                    if policy.matches_mx(&hop.name) {
-                        HostDecision::Try(HostPlan {
-                            required: true,
-                            connector: self.tls.verified.clone(),
-                            verification: Verification::MtaSts,
-                            probe: None,
-                            policy_type: PolicyType::Sts,
-                            policy_strings: policy.lines(),
-                        })
-                    } else {
-                        let detail = format!(
-                            "MX host {} is not listed in the MTA-STS policy of {}",
-                            hop.name, job.domain
-                        );
-                        self.record_mx_mismatch(job.domain, hop, policy, &detail);
-                        HostDecision::Skip(policy_failure(detail), Verification::MtaSts)
-                    }
-                }
-                Some(policy) if policy.mode == StsMode::Testing => {
-                    if !policy.matches_mx(&hop.name) {
-                        let detail = format!(
-                            "MX host {} is not listed in the MTA-STS policy of {}",
-                            hop.name, job.domain
-                        );
-                        self.record_mx_mismatch(job.domain, hop, policy, &detail);
-                        warn!(
-                            queue_id = job.queue_id,
-                            domain = %escape_field(job.domain),
-                            host = %escape_field(&hop.name),
-                            "MTA-STS testing mode: MX host not listed in the policy; \
-                             enforce mode would skip it",
-                        );
-                    }
-                    HostDecision::Try(self.route_plan(base_required, hop, Some(policy)))
-                }
-                _ => HostDecision::Try(self.route_plan(base_required, hop, None)),
+            let dane = if mx_secure {
+                self.dane_check(job, hop).await
+            } else {
+                DaneCheck::DoesNotApply
             };
+            let mut decision = match dane {
+                DaneCheck::Applies(decision) => {
+                    decisions.push(decision);
+                    continue;
+                }
+                DaneCheck::EncryptOnly | DaneCheck::DoesNotApply => {
+                    self.fallback_decision(job, hop, sts_policy.as_ref(), base_required)
+                }
+            };
+            if let (DaneCheck::EncryptOnly, HostDecision::Try(plan)) = (&dane, &mut decision)
+                && !plan.required
+            {
+                plan.required = true;
+                plan.verification = Verification::Dane;
+                plan.policy_type = PolicyType::Tlsa;
+            }
             decisions.push(decision);
         }
         decisions
+    }
+
+    /// Decides for a host that DANE does not verify: MTA-STS, then the route's level.
+    fn fallback_decision(
+        &self,
+        job: &DeliveryJob<'_>,
+        hop: &NextHop,
+        policy: Option<&StsPolicy>,
+        base_required: bool,
+    ) -> HostDecision {
+        match policy {
+            Some(policy) if policy.mode == StsMode::Enforce => {
+                if policy.matches_mx(&hop.name) {
+                    HostDecision::Try(HostPlan {
+                        required: true,
+                        authenticated: true,
+                        connector: self.tls.verified.clone(),
+                        verification: Verification::MtaSts,
+                        probe: None,
+                        policy_type: PolicyType::Sts,
+                        policy_strings: policy.lines(),
+                    })
+                } else {
+                    let detail = format!(
+                        "MX host {} is not listed in the MTA-STS policy of {}",
+                        hop.name, job.domain
+                    );
+                    self.record_mx_mismatch(job.domain, hop, policy, &detail);
+                    HostDecision::Skip(policy_failure(detail), Verification::MtaSts)
+                }
+            }
+            Some(policy) if policy.mode == StsMode::Testing => {
+                if !policy.matches_mx(&hop.name) {
+                    let detail = format!(
+                        "MX host {} is not listed in the MTA-STS policy of {}",
+                        hop.name, job.domain
+                    );
+                    self.record_mx_mismatch(job.domain, hop, policy, &detail);
+                    warn!(
+                        queue_id = job.queue_id,
+                        domain = %escape_field(job.domain),
+                        host = %escape_field(&hop.name),
+                        "MTA-STS testing mode: MX host not listed in the policy; \
+                         enforce mode would skip it",
+                    );
+                }
+                HostDecision::Try(self.route_plan(base_required, hop, Some(policy)))
+            }
+            _ => HostDecision::Try(self.route_plan(base_required, hop, None)),
+        }
     }
 
     fn record_mx_mismatch(&self, domain: &str, hop: &NextHop, policy: &StsPolicy, detail: &str) {
@@ -208,6 +249,7 @@ impl TlsPlanner {
         };
         let mut plan = HostPlan {
             required,
+            authenticated: required,
             connector: self.tls.unverified.clone(),
             verification: Verification::None,
             probe: None,
@@ -240,12 +282,15 @@ impl TlsPlanner {
         }
     }
 
-    /// Looks up `_PORT._tcp.HOST` TLSA. Returns `None` when DANE does not apply to the host
-    /// (no records, insecure, or none usable), so that the next policy decides.
-    async fn dane_decision(&self, job: &DeliveryJob<'_>, hop: &NextHop) -> Option<HostDecision> {
-        let secure = self.secure.as_ref()?;
+    /// Looks up the `_PORT._tcp.HOST` TLSA records and decides what DANE means for the host.
+    async fn dane_check(&self, job: &DeliveryJob<'_>, hop: &NextHop) -> DaneCheck {
+        let Some(secure) = self.secure.as_ref() else {
+            return DaneCheck::DoesNotApply;
+        };
         let owner = format!("_{}._tcp.{}.", hop.port, hop.name);
-        let name = Name::from_utf8(&owner).ok()?;
+        let Ok(name) = Name::from_utf8(&owner) else {
+            return DaneCheck::DoesNotApply;
+        };
         let records = match secure.lookup(&name, RecordType::TLSA).await {
             SecureLookup::Found {
                 secure: true,
@@ -257,7 +302,7 @@ impl TlsPlanner {
                     host = %escape_field(&hop.name),
                     "no secure TLSA records, DANE does not apply",
                 );
-                return None;
+                return DaneCheck::DoesNotApply;
             }
             SecureLookup::Failed(reason) => {
                 let detail = format!(
@@ -273,7 +318,7 @@ impl TlsPlanner {
                     result_type: Some("dnssec-invalid"),
                     detail: &detail,
                 });
-                return Some(HostDecision::Skip(
+                return DaneCheck::Applies(HostDecision::Skip(
                     policy_failure(detail),
                     Verification::Dane,
                 ));
@@ -288,12 +333,11 @@ impl TlsPlanner {
             .collect();
         let usable = usable_records(&records);
         if usable.is_empty() {
-            // NOTE: RFC 7672 calls for TLS without authentication here; this falls back
-            // to the next policy instead, which may allow clear text.
+            // Secure TLSA records declare TLS support, so clear text stays ruled out.
             info!(
                 queue_id = job.queue_id,
                 host = %escape_field(&hop.name),
-                "secure TLSA records, but none usable for SMTP: DANE does not apply",
+                "secure TLSA records, but none usable for SMTP: TLS required, not verified by DANE",
             );
             self.reports.record(&TlsResult {
                 domain: job.domain,
@@ -304,11 +348,12 @@ impl TlsPlanner {
                 result_type: Some("tlsa-invalid"),
                 detail: "no TLSA record usable for SMTP",
             });
-            return None;
+            return DaneCheck::EncryptOnly;
         }
         let decision = match self.tls.dane(usable) {
             Ok(connector) => HostDecision::Try(HostPlan {
                 required: true,
+                authenticated: true,
                 connector,
                 verification: Verification::Dane,
                 probe: None,
@@ -320,7 +365,7 @@ impl TlsPlanner {
                 Verification::Dane,
             ),
         };
-        Some(decision)
+        DaneCheck::Applies(decision)
     }
 }
 

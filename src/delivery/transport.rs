@@ -312,7 +312,7 @@ impl SmtpCourier {
         match client::start_tls(plain, peer, &plan.connector).await {
             StartTls::Upgraded(secure, version) => {
                 let mut secure = *secure;
-                let outcome = if plan.required {
+                let outcome = if plan.authenticated {
                     TlsOutcome::Verified { version }
                 } else {
                     TlsOutcome::Unverified { version }
