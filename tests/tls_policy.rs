@@ -431,6 +431,42 @@ async fn mta_sts_new_txt_id_fetches_again() {
 }
 
 #[tokio::test]
+async fn mta_sts_old_policy_refreshes_in_background() {
+    common::init_logs();
+    let pki = TestPki::new();
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(ServerScript::with_tls(pki.server(STS_MX))).await;
+    let policy = PolicyServer::policy(&pki.server(POLICY_HOST), "enforce", &[STS_MX]).await;
+    let dns = DnsServer::start(sts_zone("1")).await;
+    let mut config = config_for(&pki, &dns, &smtp, policy.port);
+    config.server.data_dir = data.path().to_owned();
+    let courier = SmtpCourier::with_policy_database(&config).unwrap();
+    assert!(is_sent(
+        &deliver(&courier, STS_DOMAIN, TlsRequirement::Opportunistic).await
+    ));
+    assert_eq!(policy.requests(), 1);
+
+    // Age the cached policy past half its max_age (86400 s), but not past its expiry.
+    let database = rusqlite::Connection::open(data.path().join("tls.sqlite")).unwrap();
+    let aged = database
+        .execute(
+            "UPDATE mta_sts_policies SET fetched_at = fetched_at - 50000 WHERE domain = ?1",
+            [STS_DOMAIN],
+        )
+        .unwrap();
+    assert_eq!(aged, 1);
+
+    let report = deliver(&courier, STS_DOMAIN, TlsRequirement::Opportunistic).await;
+    assert!(is_sent(&report), "{:?}", report.results);
+    assert_eq!(report.verification, Verification::MtaSts);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while policy.requests() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(policy.requests(), 2, "the aged policy was not refreshed");
+}
+
+#[tokio::test]
 async fn mta_sts_unreachable_without_cache_delivers_without_policy() {
     common::init_logs();
     let pki = TestPki::new();

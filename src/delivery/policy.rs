@@ -55,7 +55,7 @@ pub(crate) enum HostDecision {
     Skip(Failure, Verification),
 }
 
-/// What the TLSA lookup of a host means for it.
+/// The outcome of a host's TLSA lookup for its delivery.
 enum DaneCheck {
     /// DANE decides: verify against the TLSA records, or skip the host.
     Applies(HostDecision),
