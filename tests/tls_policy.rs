@@ -34,7 +34,7 @@ const DANE_MX: &str = "mx.dane.test";
 // ---------------------------------------------------------------------------------------
 // Policy server
 
-/// An HTTPS server on `127.0.0.1:0` that answers every request with one response.
+/// An HTTPS server on `127.0.0.1:0` that sends one fixed response to every request.
 struct PolicyServer {
     port: u16,
     requests: Arc<AtomicUsize>,
@@ -151,7 +151,7 @@ impl LogBuffer {
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// The zone of an MTA-STS domain: MX, its address, the TXT record with `id` and the
+/// Builds the zone of an MTA-STS domain: MX, its address, the TXT record with `id` and the
 /// policy host's address.
 fn sts_zone(id: &str) -> Zone {
     Zone::new()
@@ -223,7 +223,7 @@ fn tlsa_name(smtp: &SmtpServer) -> String {
     format!("_{}._tcp.{DANE_MX}", smtp.port())
 }
 
-/// The zone of a DANE domain: MX and address, with the MX answer marked secure when
+/// Builds the zone of a DANE domain: MX and address, with the MX answer marked secure when
 /// `secure_mx`, and `records` at the TLSA name, marked secure.
 fn dane_zone(smtp: &SmtpServer, secure_mx: bool, records: Vec<TLSA>) -> Zone {
     let mut zone = Zone::new()
@@ -246,7 +246,7 @@ async fn dane_courier(pki: &TestPki, zone: Zone, smtp: &SmtpServer) -> (SmtpCour
     (SmtpCourier::new(&config).unwrap(), dns)
 }
 
-/// A DANE-EE record that matches no certificate.
+/// Returns a DANE-EE record that matches no certificate.
 fn unmatched_tlsa() -> TLSA {
     TLSA::new(
         CertUsage::DaneEe,
