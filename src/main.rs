@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sealgate::audit::{AuditEvent, AuditLog};
 use sealgate::config::{Config, EXAMPLE_CONFIG};
-use sealgate::delivery::SmtpCourier;
+use sealgate::delivery::{self, SmtpCourier};
 use sealgate::envelope::{QueueId, display_address};
 use sealgate::inbound::{self, InboundContext};
 use sealgate::keys;
@@ -68,6 +68,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: HeldAction,
+    },
+    /// Send SMTP TLS reports (RFC 8460).
+    Tlsrpt {
+        /// Config file (for the data folder and DNS); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TlsrptAction,
     },
     /// List and check the S/MIME recipient certificates.
     Certs {
@@ -142,6 +150,13 @@ enum QueueAction {
 }
 
 #[derive(Subcommand)]
+enum TlsrptAction {
+    /// Queue a report for every domain with recorded results, today's included, to the
+    /// `mailto:` addresses of its `_smtp._tls` record, and clear those results.
+    Send,
+}
+
+#[derive(Subcommand)]
 enum HeldAction {
     /// One line per held message: id, state, created, expires.
     List,
@@ -189,6 +204,7 @@ fn main() -> ExitCode {
         Command::Queue { config, action } => queue(config.as_deref(), action),
         Command::Certs { config, action } => certs(config.as_deref(), action),
         Command::Held { config, action } => held(config.as_deref(), action),
+        Command::Tlsrpt { config, action } => tlsrpt(config.as_deref(), action),
         Command::Route { config, recipients } => route(config.as_deref(), &recipients),
         Command::Explain {
             config,
@@ -251,7 +267,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         &config.key_path(&config.inbound.tls_key),
     )
     .map_err(|error| error.to_string())?;
-    let courier = SmtpCourier::new(&config).map_err(|error| error.to_string())?;
+    let courier = SmtpCourier::with_policy_database(&config).map_err(|error| error.to_string())?;
 
     let committed = Arc::new(Notify::new());
     let spool = Spool::start(&config.database_path(), Arc::clone(&committed))
@@ -276,6 +292,12 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         }
     };
     let mut manager = tokio::spawn(manager.run());
+    if config.delivery.tlsrpt {
+        tokio::spawn(delivery::tlsrpt::run_reporter(
+            Arc::clone(&config),
+            spool.clone(),
+        ));
+    }
 
     if let Ok((hold_store, audit)) = hold_store {
         // The SMTP side keeps working without the portal; held mail waits for it.
@@ -560,6 +582,23 @@ fn parse_held_id(text: &str) -> Result<HeldId, String> {
     HeldId::parse(text).ok_or_else(|| format!("invalid held id {text:?}: expected 16 hex digits"))
 }
 
+fn tlsrpt(config_path: Option<&Path>, action: TlsrptAction) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let TlsrptAction::Send = action;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|error| format!("failed to start the async runtime: {error}"))?;
+    runtime.block_on(async {
+        let spool = Spool::start(&config.database_path(), Arc::new(Notify::new()))
+            .map_err(|error| error.to_string())?;
+        let queued = delivery::tlsrpt::queue_reports(&config, &spool, true).await?;
+        for (domain, id) in &queued {
+            println!("{domain}: queued as {id}");
+        }
+        println!("{} reports queued", queued.len());
+        Ok(())
+    })
+}
+
 fn held(config_path: Option<&Path>, action: HeldAction) -> Result<(), String> {
     let config = load_config(config_path)?;
     if let HeldAction::NewKey = action {
@@ -734,6 +773,12 @@ fn explain(
             router.route_classified(address, &classification, certificates.as_ref());
         println!("{}: {route}", display_address(address));
         println!("  because: {}", recipient.reason);
+        if let Some(requirement) = route.tls_requirement() {
+            println!(
+                "  tls: {}",
+                delivery::describe_tls_policy(&config.delivery, requirement)
+            );
+        }
     }
     Ok(())
 }

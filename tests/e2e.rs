@@ -995,6 +995,18 @@ fn explain_names_rules_and_certificate_flaws() {
     assert!(text.contains("<bob@partner.example>: portal"), "{text}");
     assert!(text.contains("bob.pem is not used: expired"), "{text}");
     assert!(text.contains("<gp@nhs.net>: forced-tls"), "{text}");
+    // DANE is off by default, so the TLS order starts at MTA-STS; the portal recipient
+    // is not delivered by SMTP and gets no TLS line.
+    let tls_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("  tls: "))
+        .collect();
+    assert_eq!(tls_lines.len(), 1, "{text}");
+    assert!(tls_lines[0].starts_with("  tls: mta-sts when"), "{text}");
+    assert!(
+        tls_lines[0].contains("else ca: STARTTLS and a verified certificate"),
+        "{text}"
+    );
 
     let unmarked = Command::new(env!("CARGO_BIN_EXE_sealgate"))
         .arg("explain")
@@ -1010,6 +1022,7 @@ fn explain_names_rules_and_certificate_flaws() {
         text.contains("<friends@mailbox.example>: opportunistic"),
         "{text}"
     );
+    assert!(text.contains("else none: STARTTLS when offered"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,33 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     /// Static routes, like Postfix's transport maps.
     pub routes: Vec<StaticRoute>,
+    /// Source of DNSSEC-validated answers, which DANE needs. Default: `off` (no DANE).
+    pub dnssec: DnssecMode,
+    /// Look up and apply the MTA-STS policy (RFC 8461) of every recipient domain reached
+    /// through its MX records. Default: true.
+    pub mta_sts: bool,
+    /// Time allowed to fetch one MTA-STS policy over HTTPS. Default: `30s`.
+    pub mta_sts_timeout: ConfigDuration,
+    /// Port of MTA-STS policy servers. RFC 8461 fixes 443; another port is only for
+    /// tests with a policy server on loopback. Default: 443.
+    pub mta_sts_port: u16,
+    /// Send TLS-RPT aggregate reports (RFC 8460) to domains that publish `_smtp._tls`.
+    /// Default: true.
+    pub tlsrpt: bool,
+    /// How often reports of the finished UTC days are sent. Default: `1d`.
+    pub tlsrpt_interval: ConfigDuration,
+}
+
+/// `delivery.dnssec`: how DNS answers are known to be DNSSEC-validated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnssecMode {
+    /// No DNSSEC, so DANE is never used.
+    #[default]
+    Off,
+    /// The resolvers in `delivery.dns_servers` validate, and their AD bit is trusted.
+    /// Only safe for a validating resolver on loopback or a protected link.
+    TrustResolver,
 }
 
 /// One `[[delivery.routes]]` entry: mail for `domain` goes to `host:port` instead of the MX.
@@ -270,6 +297,12 @@ impl Default for DeliveryConfig {
             data_timeout: ConfigDuration::secs(600),
             concurrency: 20,
             routes: Vec::new(),
+            dnssec: DnssecMode::Off,
+            mta_sts: true,
+            mta_sts_timeout: ConfigDuration::secs(30),
+            mta_sts_port: 443,
+            tlsrpt: true,
+            tlsrpt_interval: ConfigDuration::secs(86_400),
         }
     }
 }
@@ -400,6 +433,11 @@ impl Config {
     /// Resolves a file named in the config relative to `server.keys_dir`.
     pub fn key_path(&self, file: &Path) -> PathBuf {
         self.server.keys_dir.join(file)
+    }
+
+    /// Path of the TLS policy database (MTA-STS policy cache).
+    pub fn tls_database_path(&self) -> PathBuf {
+        self.server.data_dir.join("tls.sqlite")
     }
 
     /// Path of the queue database.

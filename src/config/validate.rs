@@ -174,6 +174,30 @@ impl Config {
                 );
             }
         }
+        if delivery.mta_sts_port == 0 {
+            return invalid("delivery.mta_sts_port".into(), "0".into(), "must not be 0");
+        }
+        if delivery.mta_sts_timeout.0.is_zero() {
+            return invalid(
+                "delivery.mta_sts_timeout".into(),
+                quote(&delivery.mta_sts_timeout.to_string()),
+                "must not be 0",
+            );
+        }
+        if delivery.tlsrpt_interval.0 < std::time::Duration::from_secs(60) {
+            return invalid(
+                "delivery.tlsrpt_interval".into(),
+                quote(&delivery.tlsrpt_interval.to_string()),
+                "must be at least 1m",
+            );
+        }
+        if delivery.dnssec == super::DnssecMode::TrustResolver && delivery.dns_servers.is_empty() {
+            return invalid(
+                "delivery.dnssec".into(),
+                quote("trust-resolver"),
+                "needs delivery.dns_servers: the AD bit is trusted only from resolvers named there",
+            );
+        }
         for (index, route) in delivery.routes.iter().enumerate() {
             if !is_domain_pattern(&route.domain) {
                 return invalid(
@@ -516,6 +540,37 @@ mod tests {
         assert_eq!(
             config.policy.classify.header_rules,
             crate::policy::classify::ClassifyConfig::default().header_rules
+        );
+    }
+
+    #[test]
+    fn tls_policy_settings_are_checked() {
+        let cases = [
+            (
+                "[delivery]\ndnssec = \"trust-resolver\"\n",
+                "delivery.dnssec",
+            ),
+            ("[delivery]\ndnssec = \"yes\"\n", "delivery.dnssec"),
+            ("[delivery]\nmta_sts_port = 0\n", "delivery.mta_sts_port"),
+            (
+                "[delivery]\nmta_sts_timeout = \"0s\"\n",
+                "delivery.mta_sts_timeout",
+            ),
+            (
+                "[delivery]\ntlsrpt_interval = \"10s\"\n",
+                "delivery.tlsrpt_interval",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let config =
+            parse("[delivery]\ndns_servers = [\"127.0.0.1:53\"]\ndnssec = \"trust-resolver\"\n")
+                .unwrap();
+        assert_eq!(
+            config.delivery.dnssec,
+            crate::config::DnssecMode::TrustResolver
         );
     }
 

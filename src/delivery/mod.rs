@@ -30,15 +30,21 @@
 //! 5.3.4.
 
 mod client;
+mod dane;
+mod dnssec;
+mod mta_sts;
 mod mx;
+mod policy;
 mod resolver;
 mod tls;
+pub mod tlsrpt;
 mod transport;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{DeliveryConfig, DnssecMode};
 use crate::policy::TlsRequirement;
 
 pub use resolver::build_resolver;
@@ -73,6 +79,9 @@ pub enum DeliveryError {
     /// hickory rejected the resolver config.
     #[error("failed to build the DNS resolver: {0}")]
     Resolver(String),
+    /// The TLS policy database could not be opened.
+    #[error("failed to open the TLS policy database: {0}")]
+    Database(String),
     /// rustls rejected the client config.
     #[error("failed to build the TLS client config: {0}")]
     Tls(#[from] rustls::Error),
@@ -106,6 +115,8 @@ pub struct AttemptReport {
     pub relay: Option<String>,
     /// TLS on the connection that carried (or last tried to carry) the message.
     pub tls: TlsOutcome,
+    /// The verification policy of that connection's certificate.
+    pub verification: Verification,
     /// Time spent on DNS, connecting, greeting and TLS.
     pub connect_time: Duration,
     /// Time spent sending the envelope and data.
@@ -153,6 +164,60 @@ pub enum TlsOutcome {
         /// Such as `TLSv1.3`.
         version: String,
     },
+}
+
+/// The policy that decided how a next hop's certificate is verified, strongest first
+/// (see `docs/tls-policy.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// DNSSEC-validated TLSA records (RFC 7672).
+    Dane,
+    /// The domain's MTA-STS policy in `enforce` mode (RFC 8461): web PKI and MX name.
+    MtaSts,
+    /// A `forced-tls` route: web PKI roots and trust anchors, and the next hop's name.
+    Ca,
+    /// No verification: opportunistic TLS or clear text.
+    #[default]
+    None,
+}
+
+impl AttemptReport {
+    /// Formats the `tls=` log field: the outcome, then the verification policy, such as
+    /// `TLSv1.3/verified/dane` or `plain/none`.
+    pub fn tls_field(&self) -> String {
+        format!("{}/{}", self.tls, self.verification)
+    }
+}
+
+/// Describes, for `sealgate explain`, which verification policies a delivery with
+/// `requirement` tries in order, given the `[delivery]` settings.
+pub fn describe_tls_policy(config: &DeliveryConfig, requirement: TlsRequirement) -> String {
+    let mut steps = Vec::new();
+    if config.dnssec != DnssecMode::Off {
+        steps.push("dane when the MX and TLSA records are DNSSEC-secure");
+    }
+    if config.mta_sts {
+        steps.push("mta-sts when the domain publishes an enforce policy");
+    }
+    steps.push(match requirement {
+        TlsRequirement::Verified => "ca: STARTTLS and a verified certificate, never clear text",
+        TlsRequirement::Opportunistic => "none: STARTTLS when offered, certificate not checked",
+    });
+    format!(
+        "{} (static routes: the last step only)",
+        steps.join(", else ")
+    )
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verification::Dane => "dane",
+            Verification::MtaSts => "mta-sts",
+            Verification::Ca => "ca",
+            Verification::None => "none",
+        })
+    }
 }
 
 /// An SMTP reply from a remote server, kept whole for DSNs and logs.

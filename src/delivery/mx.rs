@@ -32,6 +32,7 @@ pub(crate) struct NextHop {
 }
 
 /// Finds next hops: static routes first, then DNS.
+#[derive(Clone)]
 pub(crate) struct HopResolver {
     resolver: TokioResolver,
     routes: Vec<(DomainSet, StaticRoute)>,
@@ -45,6 +46,16 @@ enum MxAnswer {
     Null,
     /// Exchange names, most preferred first.
     Hosts(Vec<Name>),
+}
+
+/// The result of a TXT lookup.
+pub(crate) enum TxtAnswer {
+    /// The texts of each record, the strings of one record joined.
+    Found(Vec<String>),
+    /// NXDOMAIN or no TXT records.
+    NotFound,
+    /// SERVFAIL, timeout or another error that may pass.
+    Failed(String),
 }
 
 /// The reason an address lookup found no address.
@@ -217,6 +228,47 @@ impl HopResolver {
                 format!("address lookup for {domain} failed: {reason}"),
                 "4.4.3",
             )),
+        }
+    }
+
+    /// Checks whether `domain` is delivered through a `[[delivery.routes]]` entry.
+    pub fn has_static_route(&self, domain: &str) -> bool {
+        self.static_route(domain).is_some()
+    }
+
+    /// Looks up the TXT records of `name`.
+    pub async fn txt(&self, name: &str) -> TxtAnswer {
+        let Ok(name) = fqdn(name) else {
+            return TxtAnswer::NotFound;
+        };
+        match self.resolver.txt_lookup(name).await {
+            Ok(lookup) => TxtAnswer::Found(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|part| String::from_utf8_lossy(part).into_owned())
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(error) if is_not_found(&error) => TxtAnswer::NotFound,
+            Err(error) => TxtAnswer::Failed(error.to_string()),
+        }
+    }
+
+    /// Looks up the A and AAAA addresses of `host`.
+    pub async fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let name = fqdn(host)?;
+        match self.addresses(name).await {
+            Ok(addresses) => Ok(addresses),
+            Err(AddressError::NotFound) => Err(format!("{host} has no A or AAAA records")),
+            Err(AddressError::Temporary(reason)) => Err(reason),
         }
     }
 

@@ -3,10 +3,11 @@
 //! opportunistic TLS that accepts any certificate. Both use the ring provider and allow
 //! TLS 1.2 and 1.3 only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -15,19 +16,27 @@ use rustls::{
 use tokio_rustls::TlsConnector;
 
 use super::DeliveryError;
+use super::dane::{DANE_MISMATCH, DaneVerifier, TlsaRecord};
 use crate::config::Config;
 
-/// The two connectors a delivery may use.
+/// The connectors a delivery may use, and what is needed to build per-host ones.
 #[derive(Clone)]
 pub(crate) struct TlsConnectors {
     /// Verifies the chain and the name; for [`crate::policy::TlsRequirement::Verified`].
     pub verified: TlsConnector,
     /// Accepts any certificate; for opportunistic TLS.
     pub unverified: TlsConnector,
+    /// Verifies like `verified` and offers ALPN `http/1.1`; for MTA-STS policy fetches.
+    pub https: TlsConnector,
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
 }
 
+/// The result of certificate verification recorded by a probing connector.
+pub(crate) type ProbeResult = Arc<Mutex<Option<String>>>;
+
 impl TlsConnectors {
-    /// Builds both connectors, reading every PEM file in `delivery.trust_anchors`.
+    /// Builds the connectors, reading every PEM file in `delivery.trust_anchors`.
     ///
     /// # Errors
     ///
@@ -35,9 +44,8 @@ impl TlsConnectors {
     /// the file that failed; [`DeliveryError::Tls`] when rustls rejects the config.
     pub fn new(config: &Config) -> Result<TlsConnectors, DeliveryError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
 
-        let roots = trust_anchors(config)?;
+        let roots = Arc::new(trust_anchors(config)?);
         if roots.is_empty() {
             tracing::warn!(
                 "delivery.webpki_roots is false and delivery.trust_anchors is empty: \
@@ -45,24 +53,63 @@ impl TlsConnectors {
             );
         }
         let verified = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)?
-            .with_root_certificates(roots)
+            .with_protocol_versions(VERSIONS)?
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
+        let mut https = verified.clone();
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let accept_any = AcceptAnyCertificate {
             algorithms: provider.signature_verification_algorithms,
         };
-        let unverified = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&versions)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(accept_any))
-            .with_no_client_auth();
+        let unverified = custom_config(&provider, Arc::new(accept_any))?;
 
         Ok(TlsConnectors {
             verified: TlsConnector::from(Arc::new(verified)),
             unverified: TlsConnector::from(Arc::new(unverified)),
+            https: TlsConnector::from(Arc::new(https)),
+            provider,
+            roots,
         })
     }
+
+    /// Builds a connector that accepts only a chain matching the DANE TLSA `records`.
+    pub fn dane(&self, records: Vec<TlsaRecord>) -> Result<TlsConnector, DeliveryError> {
+        let verifier = DaneVerifier::new(records, self.provider.clone());
+        let config = custom_config(&self.provider, Arc::new(verifier))?;
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// Builds a connector that accepts any certificate, as opportunistic TLS does, but
+    /// records whether verified TLS would have failed, for MTA-STS `testing` mode.
+    pub fn probing(&self, tls_name: &str) -> Result<(TlsConnector, ProbeResult), DeliveryError> {
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|error| DeliveryError::Tls(rustls::Error::General(error.to_string())))?;
+        let result = ProbeResult::default();
+        let verifier = ProbingVerifier {
+            inner,
+            tls_name: tls_name.to_owned(),
+            result: result.clone(),
+        };
+        let config = custom_config(&self.provider, Arc::new(verifier))?;
+        Ok((TlsConnector::from(Arc::new(config)), result))
+    }
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn custom_config(
+    provider: &Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<ClientConfig, DeliveryError> {
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 fn trust_anchors(config: &Config) -> Result<RootCertStore, DeliveryError> {
@@ -157,6 +204,7 @@ fn describe_certificate_error(error: &CertificateError, tls_name: &str) -> Strin
             return match other.0.to_string().as_str() {
                 "CaUsedAsEndEntity" => "CA certificate used as the server certificate".into(),
                 "EndEntityUsedAsCa" => "server certificate used as a CA".into(),
+                DANE_MISMATCH => "certificate does not match the DANE TLSA records".into(),
                 name => format!("invalid certificate: {}", words_of(name)),
             };
         }
@@ -179,6 +227,46 @@ fn words_of(name: &str) -> String {
     words
 }
 
+/// Implements the handshake signature methods of `ServerCertVerifier` with the
+/// `algorithms` field of the verifier: whatever the certificate check decides, the server
+/// must prove that it has the certificate's private key.
+macro_rules! handshake_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            certificate: &rustls::pki_types::CertificateDer<'_>,
+            signature: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                certificate,
+                signature,
+                &self.algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            certificate: &rustls::pki_types::CertificateDer<'_>,
+            signature: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                certificate,
+                signature,
+                &self.algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+pub(crate) use handshake_signature_checks;
+
 /// A verifier for opportunistic TLS (RFC 7435): any certificate is accepted, but the
 /// handshake signature must still be made with the certificate's key.
 #[derive(Debug)]
@@ -198,13 +286,56 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
+    handshake_signature_checks!();
+}
+
+/// Accepts every certificate, like [`AcceptAnyCertificate`], and records the result that
+/// the verifying check would have returned for it.
+#[derive(Debug)]
+struct ProbingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    tls_name: String,
+    result: ProbeResult,
+}
+
+impl ServerCertVerifier for ProbingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let checked = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if let Err(error) = checked {
+            let detail = match &error {
+                rustls::Error::InvalidCertificate(certificate) => {
+                    describe_certificate_error(certificate, &self.tls_name)
+                }
+                other => other.to_string(),
+            };
+            if let Ok(mut result) = self.result.lock() {
+                *result = Some(detail);
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.algorithms)
+        self.inner
+            .verify_tls12_signature(message, certificate, signature)
     }
 
     fn verify_tls13_signature(
@@ -213,11 +344,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.algorithms)
+        self.inner
+            .verify_tls13_signature(message, certificate, signature)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.inner.supported_verify_schemes()
     }
 }
 

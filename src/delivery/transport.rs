@@ -2,8 +2,9 @@
 //! then try each address of each host in order until one finishes the transaction.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mail_send::SmtpClient;
@@ -12,14 +13,16 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::client::{self, Peer, StartTls, Timeouts, Transaction};
-use super::mx::HopResolver;
+use super::mta_sts::PolicyCache;
+use super::mx::{HopResolver, NextHop};
+use super::policy::{HostDecision, HostPlan, TlsPlanner};
 use super::tls::TlsConnectors;
+use super::tlsrpt::{ReportStore, TlsResult, result_type_of};
 use super::{
     AttemptReport, DeliveryError, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage,
-    TlsOutcome,
+    TlsOutcome, Verification,
 };
 use crate::config::Config;
-use crate::policy::TlsRequirement;
 use crate::telemetry::escape_field;
 
 /// Delivers one job and reports a result per recipient. Implementations must not panic on
@@ -34,8 +37,9 @@ pub trait Transport: Send + Sync {
 
 /// Delivers over SMTP to the MX hosts or the static route of the recipient domain.
 pub struct SmtpCourier {
-    hops: HopResolver,
-    tls: TlsConnectors,
+    hops: Arc<HopResolver>,
+    planner: TlsPlanner,
+    reports: ReportStore,
     helo_name: String,
     timeouts: Timeouts,
 }
@@ -65,11 +69,37 @@ impl SmtpCourier {
     /// [`DeliveryError::SystemDns`] when `/etc/resolv.conf` cannot be used,
     /// [`DeliveryError::Resolver`] when hickory rejects the resolver config, and
     /// [`DeliveryError::Tls`] when rustls rejects the config.
+    ///
+    /// MTA-STS policies are cached in memory only; [`SmtpCourier::with_policy_database`]
+    /// keeps them across restarts.
     pub fn new(config: &Config) -> Result<SmtpCourier, DeliveryError> {
+        SmtpCourier::build(config, PolicyCache::open(None)?, ReportStore::open(None)?)
+    }
+
+    /// Builds the courier like [`SmtpCourier::new`], with the MTA-STS policy cache and the
+    /// TLS-RPT results in the TLS database at [`Config::tls_database_path`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SmtpCourier::new`], and [`DeliveryError::Database`] when the database cannot
+    /// be opened.
+    pub fn with_policy_database(config: &Config) -> Result<SmtpCourier, DeliveryError> {
+        let path = config.tls_database_path();
+        let cache = PolicyCache::open(Some(&path))?;
+        SmtpCourier::build(config, cache, ReportStore::open(Some(&path))?)
+    }
+
+    fn build(
+        config: &Config,
+        cache: PolicyCache,
+        reports: ReportStore,
+    ) -> Result<SmtpCourier, DeliveryError> {
         let delivery = &config.delivery;
+        let tls = TlsConnectors::new(config)?;
         Ok(SmtpCourier {
-            hops: HopResolver::new(delivery)?,
-            tls: TlsConnectors::new(config)?,
+            hops: Arc::new(HopResolver::new(delivery)?),
+            planner: TlsPlanner::new(config, tls, cache, reports.clone())?,
+            reports,
             helo_name: config.helo_name().to_owned(),
             timeouts: Timeouts {
                 connect: delivery.connect_timeout.0,
@@ -111,7 +141,7 @@ impl SmtpCourier {
             return report(
                 job,
                 None,
-                TlsOutcome::NotConnected,
+                (TlsOutcome::NotConnected, Verification::None),
                 &clock,
                 same_for_all(job, status),
             );
@@ -130,17 +160,32 @@ impl SmtpCourier {
                 return report(
                     job,
                     None,
-                    TlsOutcome::NotConnected,
+                    (TlsOutcome::NotConnected, Verification::None),
                     &clock,
                     same_for_all(job, *status),
                 );
             }
         };
 
+        let decisions = self.planner.plan(&self.hops, job, &hops).await;
         let mut relay = None;
-        let mut tls = TlsOutcome::NotConnected;
+        let mut tls = (TlsOutcome::NotConnected, Verification::None);
         let mut last_failure = None;
-        for hop in &hops {
+        for (hop, decision) in hops.iter().zip(decisions) {
+            let plan = match decision {
+                HostDecision::Try(plan) => plan,
+                HostDecision::Skip(failure, verification) => {
+                    debug!(
+                        queue_id = job.queue_id,
+                        host = %escape_field(&hop.name),
+                        detail = ?failure.detail,
+                        "host skipped by TLS policy",
+                    );
+                    tls.1 = verification;
+                    last_failure = Some(failure);
+                    continue;
+                }
+            };
             for ip in &hop.addresses {
                 let peer = Peer {
                     label: format!("{}[{ip}]:{}", hop.name, hop.port),
@@ -149,9 +194,12 @@ impl SmtpCourier {
                     queue_id: job.queue_id,
                 };
                 relay = Some(peer.label.clone());
-                match self.try_address(job, &peer, &mut clock).await {
+                let outcome = self.try_address(job, &peer, &plan, &mut clock).await;
+                self.record_result(job, hop, *ip, &plan, &outcome);
+                match outcome {
                     AddressOutcome::Finished(results, outcome) => {
-                        return report(job, relay, outcome, &clock, results);
+                        let tls = (outcome, plan.verification);
+                        return report(job, relay, tls, &clock, results);
                     }
                     AddressOutcome::Failed(failure, outcome) => {
                         debug!(
@@ -161,7 +209,7 @@ impl SmtpCourier {
                             detail = ?failure.to_string(),
                             "host failed",
                         );
-                        tls = outcome;
+                        tls = (outcome, plan.verification);
                         last_failure = Some(failure);
                     }
                 }
@@ -186,11 +234,56 @@ impl SmtpCourier {
         )
     }
 
-    /// Delivers to one address with the TLS level of the job.
+    /// Counts the TLS result of one address for TLS-RPT: a TLS session, or a failure at
+    /// the TLS step. Clear-text sessions without a policy are not counted.
+    fn record_result(
+        &self,
+        job: &DeliveryJob<'_>,
+        hop: &NextHop,
+        ip: IpAddr,
+        plan: &HostPlan,
+        outcome: &AddressOutcome,
+    ) {
+        let testing_failure = plan
+            .probe
+            .as_ref()
+            .and_then(|probe| probe.lock().ok().and_then(|result| result.clone()));
+        let (result_type, detail) = match (outcome, testing_failure) {
+            (_, Some(detail)) => (Some(result_type_of(&detail)), detail),
+            (AddressOutcome::Failed(failure, _), None) if failure.stage == Stage::Tls => (
+                Some(result_type_of(&failure.detail)),
+                failure.detail.clone(),
+            ),
+            (
+                AddressOutcome::Finished(
+                    _,
+                    TlsOutcome::Verified { .. } | TlsOutcome::Unverified { .. },
+                )
+                | AddressOutcome::Failed(
+                    _,
+                    TlsOutcome::Verified { .. } | TlsOutcome::Unverified { .. },
+                ),
+                None,
+            ) => (None, String::new()),
+            _ => return,
+        };
+        self.reports.record(&TlsResult {
+            domain: job.domain,
+            policy_type: plan.policy_type,
+            policy_strings: &plan.policy_strings,
+            mx_host: &hop.name,
+            receiving_ip: &ip.to_string(),
+            result_type,
+            detail: &detail,
+        });
+    }
+
+    /// Delivers to one address with the TLS plan of its host.
     async fn try_address(
         &self,
         job: &DeliveryJob<'_>,
         peer: &Peer<'_>,
+        plan: &HostPlan,
         clock: &mut Clock,
     ) -> AddressOutcome {
         let (mut plain, capabilities) = match self.open(peer).await {
@@ -199,7 +292,7 @@ impl SmtpCourier {
         };
         let offers_starttls = capabilities.has_capability(smtp_proto::EXT_START_TLS);
 
-        if job.tls == TlsRequirement::Verified && !offers_starttls {
+        if plan.required && !offers_starttls {
             debug!(
                 queue_id = job.queue_id,
                 host = %escape_field(&peer.label),
@@ -210,22 +303,25 @@ impl SmtpCourier {
             return AddressOutcome::Failed(failure, TlsOutcome::Plain);
         }
         if !offers_starttls {
+            report_testing_failure(job, peer, plan, "STARTTLS not offered");
             return self
                 .transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
                 .await;
         }
 
-        let connector = match job.tls {
-            TlsRequirement::Verified => &self.tls.verified,
-            TlsRequirement::Opportunistic => &self.tls.unverified,
-        };
-        match client::start_tls(plain, peer, connector).await {
+        match client::start_tls(plain, peer, &plan.connector).await {
             StartTls::Upgraded(secure, version) => {
                 let mut secure = *secure;
-                let outcome = match job.tls {
-                    TlsRequirement::Verified => TlsOutcome::Verified { version },
-                    TlsRequirement::Opportunistic => TlsOutcome::Unverified { version },
+                let outcome = if plan.authenticated {
+                    TlsOutcome::Verified { version }
+                } else {
+                    TlsOutcome::Unverified { version }
                 };
+                if let Some(probe) = &plan.probe
+                    && let Some(detail) = probe.lock().ok().and_then(|result| result.clone())
+                {
+                    report_testing_failure(job, peer, plan, &detail);
+                }
                 // RFC 3207 §4.2: forget what was learned before TLS and ask again.
                 let capabilities = match client::hello(&mut secure, peer, &self.helo_name).await {
                     Ok(capabilities) => capabilities,
@@ -234,12 +330,12 @@ impl SmtpCourier {
                 self.transact(secure, peer, job, &capabilities, outcome, clock)
                     .await
             }
-            StartTls::Rejected(mut plain, failure) => match job.tls {
-                TlsRequirement::Verified => {
+            StartTls::Rejected(mut plain, failure) => {
+                if plan.required {
                     client::quit(&mut plain, peer).await;
                     AddressOutcome::Failed(failure, TlsOutcome::Plain)
-                }
-                TlsRequirement::Opportunistic => {
+                } else {
+                    report_testing_failure(job, peer, plan, &failure.detail);
                     debug!(
                         queue_id = job.queue_id,
                         host = %escape_field(&peer.label),
@@ -248,13 +344,15 @@ impl SmtpCourier {
                     self.transact(plain, peer, job, &capabilities, TlsOutcome::Plain, clock)
                         .await
                 }
-            },
-            StartTls::HandshakeFailed(failure) => match job.tls {
-                TlsRequirement::Verified => AddressOutcome::Failed(failure, TlsOutcome::Failed),
-                TlsRequirement::Opportunistic => {
+            }
+            StartTls::HandshakeFailed(failure) => {
+                if plan.required {
+                    AddressOutcome::Failed(failure, TlsOutcome::Failed)
+                } else {
+                    report_testing_failure(job, peer, plan, &failure.detail);
                     self.retry_in_clear(job, peer, failure, clock).await
                 }
-            },
+            }
         }
     }
 
@@ -355,10 +453,24 @@ fn same_for_all(job: &DeliveryJob<'_>, status: DeliveryStatus) -> Vec<RecipientR
         .collect()
 }
 
+/// Logs, in MTA-STS `testing` mode, a failure that `enforce` mode would have deferred on.
+fn report_testing_failure(job: &DeliveryJob<'_>, peer: &Peer<'_>, plan: &HostPlan, detail: &str) {
+    if plan.probe.is_none() {
+        return;
+    }
+    tracing::warn!(
+        queue_id = job.queue_id,
+        domain = %escape_field(job.domain),
+        host = %escape_field(&peer.label),
+        detail = ?detail,
+        "MTA-STS testing mode: verified TLS failed; enforce mode would defer",
+    );
+}
+
 fn report(
     job: &DeliveryJob<'_>,
     relay: Option<String>,
-    tls: TlsOutcome,
+    (tls, verification): (TlsOutcome, Verification),
     clock: &Clock,
     results: Vec<RecipientResult>,
 ) -> AttemptReport {
@@ -366,11 +478,13 @@ fn report(
         queue_id = job.queue_id,
         relay = %relay.as_deref().map_or_else(|| "none".to_owned(), escape_field),
         tls = %tls,
+        %verification,
         "delivery attempt finished",
     );
     AttemptReport {
         relay,
         tls,
+        verification,
         connect_time: clock.connect_time,
         transfer_time: clock.transfer_time,
         results,

@@ -353,7 +353,7 @@ impl QueueManager {
             report.transfer_time.as_secs_f64()
         );
         let relay = report.relay.clone().unwrap_or_else(|| "none".into());
-        let tls = report.tls.to_string();
+        let tls = report.tls_field();
         let lookup = id.clone();
         let rows = self
             .with_store(move |store| store.recipients(&lookup))
@@ -883,11 +883,13 @@ fn not_attempted(recipients: &[String], detail: String) -> AttemptReport {
         stage: Stage::Conversion,
         detail,
         reply: None,
+        // X.7.5 is "cryptographic failure" (RFC 3463).
         status: "4.7.5".into(),
     };
     AttemptReport {
         relay: None,
         tls: TlsOutcome::NotConnected,
+        verification: Default::default(),
         connect_time: Duration::ZERO,
         transfer_time: Duration::ZERO,
         results: deferred_all(recipients, &failure),

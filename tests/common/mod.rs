@@ -13,7 +13,8 @@
 //!   The server records every command with the TLS state it arrived in, and every message
 //!   it accepted; [`SmtpServer::wait_for_messages`] waits for them with a time limit.
 //! - [`DnsServer`]: an authoritative DNS server on `127.0.0.1:0` (UDP and TCP on the same
-//!   port) that answers from a [`Zone`]: MX, A, AAAA, null MX, NXDOMAIN and SERVFAIL.
+//!   port) that answers from a [`Zone`]: MX, A, AAAA, TLSA, null MX, NXDOMAIN and
+//!   SERVFAIL, with the AD bit set for names marked [`Zone::authenticated`].
 //! - [`SmtpSink`]: Postfix's `smtp-sink` on a free loopback port.
 //! - [`delivery_config`] and [`job`]: a config pointed at those servers, and a job.
 //!
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -153,6 +154,12 @@ impl TestPki {
         )
     }
 
+    /// Issues a certificate for `name`, signed by the CA, and presents the CA certificate
+    /// after it in the chain, as DANE-TA servers must.
+    pub fn server_with_ca(&self, name: &str) -> ServerIdentity {
+        self.issue(name, "with-ca", |params| params, true)
+    }
+
     /// Makes a self-signed certificate for `name`, which no trust anchor covers.
     pub fn self_signed(&self, name: &str) -> ServerIdentity {
         self.issue(name, "self-signed", |params| params, false)
@@ -180,7 +187,10 @@ impl TestPki {
         std::fs::write(&certificate_path, certificate.pem()).expect("write certificate");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
 
-        let chain = vec![certificate.der().clone()];
+        let mut chain = vec![certificate.der().clone()];
+        if kind == "with-ca" {
+            chain.push(self.ca_certificate.clone());
+        }
         let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -722,6 +732,7 @@ pub struct Zone {
     nxdomain: HashSet<String>,
     servfail: HashSet<String>,
     unresponsive: HashSet<String>,
+    authenticated: HashSet<String>,
 }
 
 impl Zone {
@@ -777,6 +788,19 @@ impl Zone {
         self
     }
 
+    /// Adds a TLSA record, such as `_25._tcp.mx.example`.
+    pub fn tlsa(mut self, name: &str, tlsa: TLSA) -> Zone {
+        self.add(name, RecordType::TLSA, RData::TLSA(tlsa));
+        self
+    }
+
+    /// Sets the AD bit on every answer for `name`, as a validating resolver does for
+    /// DNSSEC-secure data.
+    pub fn authenticated(mut self, name: &str) -> Zone {
+        self.authenticated.insert(key(name));
+        self
+    }
+
     /// Makes every query for `name` return NXDOMAIN.
     pub fn nxdomain(mut self, name: &str) -> Zone {
         self.nxdomain.insert(key(name));
@@ -822,6 +846,7 @@ impl Zone {
             response.metadata.response_code = ResponseCode::ServFail;
             return Some(response);
         }
+        response.metadata.authentic_data = self.authenticated.contains(&name);
         let known = self.records.keys().any(|(owner, _)| *owner == name);
         if self.nxdomain.contains(&name) || !known {
             response.metadata.response_code = ResponseCode::NXDomain;
