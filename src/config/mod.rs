@@ -43,6 +43,31 @@ pub struct Config {
     pub store: StoreConfig,
     /// Notification branding and the portal listener.
     pub portal: PortalConfig,
+    /// Administrator sign-in and review rules.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: administrator accounts and the review queue.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A release from review needs a second, different administrator to approve it.
+    /// Default: false.
+    pub four_eyes: bool,
+    /// Failed sign-ins in a row after which an account is locked. Default: 5.
+    pub max_failed_logins: u32,
+    /// How long a locked account stays locked. Default: `15m`.
+    pub lockout: ConfigDuration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            four_eyes: false,
+            max_failed_logins: 5,
+            lockout: ConfigDuration::secs(15 * 60),
+        }
+    }
 }
 
 /// `[server]`: identity and file locations.

@@ -38,6 +38,14 @@ impl Config {
             );
         }
 
+        if self.admin.max_failed_logins == 0 {
+            return invalid(
+                "admin.max_failed_logins".into(),
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+
         let inbound = &self.inbound;
         if inbound.listen.is_empty() {
             return invalid(

@@ -22,7 +22,7 @@ mod message;
 pub mod passcode;
 mod reply;
 pub mod sanitize;
-mod session;
+pub mod session;
 mod templates;
 
 use std::net::SocketAddr;
