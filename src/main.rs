@@ -1,9 +1,10 @@
 //! The `sealgate` command: run the gateway, check and create configs, and inspect the queue.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use sealgate::audit::{AuditEvent, AuditLog};
@@ -15,6 +16,7 @@ use sealgate::keys;
 use sealgate::policy::classify::{self, Classifier};
 use sealgate::policy::{CertificateSource, Router};
 use sealgate::portal;
+use sealgate::queue::review::{self, ReleaseMode};
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use sealgate::smime::{CertificateDirectory, Smime};
@@ -102,6 +104,30 @@ enum Command {
     /// Read a password from standard input and print its Argon2id hash for
     /// `[[inbound.users]]`.
     HashPassword,
+    /// Add, list and remove administrator accounts, set passwords and TOTP.
+    Admin {
+        /// Config file (for the data folder); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::accounts::AdminAction,
+    },
+    /// List, show, release, reject and delete messages held for review.
+    Review {
+        /// Config file; the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::review::ReviewAction,
+    },
+    /// Verify and export the audit trail.
+    Audit {
+        /// Config file (for the data folder); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::audit::AuditAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +204,15 @@ fn main() -> ExitCode {
             recipients,
         } => explain(config.as_deref(), &message, from.as_deref(), &recipients),
         Command::HashPassword => hash_password(),
+        Command::Admin { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::accounts::run(&config, action))
+        }
+        Command::Review { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::review::run(&config, action))
+        }
+        Command::Audit { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::audit::run(&config, action))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -685,14 +720,24 @@ fn explain(
     let config = load_config(config_path)?;
     let message = std::fs::read(message_path)
         .map_err(|error| format!("failed to read {}: {error}", message_path.display()))?;
-    let classifier = Classifier::new(&config.policy.classify).map_err(|error| error.to_string())?;
-    let certificates = certificate_source(&config)?;
-    let classification = classifier.classify(&message);
-
     println!("message: {}", message_path.display());
     if let Some(from) = from {
         println!("from: {}", display_address(from));
     }
+    print_explanation(&config, &message, recipients, None)
+}
+
+/// Prints the classification of `message`, with `release` applied when given, and the
+/// route and reason of each recipient.
+fn print_explanation(
+    config: &Config,
+    message: &[u8],
+    recipients: &[String],
+    release: Option<ReleaseMode>,
+) -> Result<(), String> {
+    let classifier = Classifier::new(&config.policy.classify).map_err(|error| error.to_string())?;
+    let certificates = certificate_source(config)?;
+    let classification = review::apply_release(classifier.classify(message), release);
     match classification.action {
         Some(action) => println!("classification: sensitive, action {action}"),
         None => println!("classification: not sensitive"),
@@ -700,7 +745,7 @@ fn explain(
     for rule in &classification.matches {
         println!("  rule: {rule}");
     }
-    if classify::strip_subject_tags(&message, &config.policy.classify).is_some() {
+    if classify::strip_subject_tags(message, &config.policy.classify).is_some() {
         println!("  the subject tag is removed before delivery");
     }
     let router = Router::new(&config.policy);
@@ -720,26 +765,8 @@ fn certificate_source(config: &Config) -> Result<Arc<dyn CertificateSource>, Str
 }
 
 fn hash_password() -> Result<(), String> {
-    use argon2::password_hash::PasswordHasher;
-
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("password: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .map_err(|error| format!("failed to read the password: {error}"))?;
-    let password = line.trim_end_matches(['\r', '\n']);
-    if password.is_empty() {
-        return Err("empty password".into());
-    }
-    let hash = argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map_err(|error| format!("failed to hash the password: {error}"))?;
-    println!("{hash}");
+    let password = cli::read_password(false)?;
+    println!("{}", sealgate::admin::hash_password(&password)?);
     Ok(())
 }
 

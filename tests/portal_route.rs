@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::{ServerScript, SmtpServer};
 use gateway::{Gateway, base_config};
-use mail_send::SmtpClientBuilder;
 
 const SAMPLE: &str = include_str!("fixtures/samples/02-results-to-patient.eml");
 
@@ -25,25 +24,10 @@ const CONTENT: [&str; 6] = [
     "SGFlbW9nbG9iaW4",
 ];
 
-/// Sends one message with mail-send and returns the queue id from the `250` reply.
+/// Sends one message with mail-send, with CRLF line endings, and returns the queue id.
 async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
-    let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
-        .expect("builder for a loopback address")
-        .implicit_tls(false)
-        .helo_host("staff-mta.clinic.example.org")
-        .timeout(Duration::from_secs(30))
-        .connect_plain()
-        .await
-        .expect("connect to the gateway");
     let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
-    let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
-    let reply = client
-        .send(message)
-        .await
-        .expect("gateway accepted the message");
-    let text = reply.message().to_string();
-    let _ = client.quit().await;
-    text.rsplit(' ').next().unwrap().to_string()
+    gateway::submit(gateway, from, to, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! Role `admin` may act on held mail; role `auditor` may only read. Accounts live in the
 //! queue database next to the audit trail.
 
+pub mod actions;
 pub mod totp;
 
 use std::sync::LazyLock;
@@ -29,10 +30,10 @@ CREATE TABLE IF NOT EXISTS admin_users (
 );
 ";
 
-/// Longest account name accepted.
+/// Maximum length of an account name, in bytes.
 const MAX_NAME_LENGTH: usize = 64;
 
-/// What an account may do.
+/// Permission level of an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Reads and acts on held mail.
@@ -42,7 +43,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// The stored name.
+    /// Returns the name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -84,7 +85,7 @@ pub struct Account {
     pub locked_until: i64,
 }
 
-/// Why a sign-in failed. The web page shows the same text for every case but `Locked`, so
+/// Cause of a failed sign-in. The web page shows the same text for every case but `Locked`, so
 /// it does not tell which account names exist.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -157,7 +158,7 @@ impl Accounts {
         Ok(())
     }
 
-    /// Every account, by name.
+    /// Lists every account, by name.
     ///
     /// # Errors
     ///
@@ -171,7 +172,7 @@ impl Accounts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The account with this name.
+    /// Reads the account with this name.
     ///
     /// # Errors
     ///
@@ -299,7 +300,7 @@ impl Accounts {
                 ],
             )
             .map_err(StoreError::from)?;
-        Ok(self.get(name)?.ok_or(LoginError::Invalid)?)
+        self.get(name)?.ok_or(LoginError::Invalid)
     }
 
     /// Counts a failure and locks the account when it reaches the limit.

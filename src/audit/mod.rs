@@ -84,7 +84,7 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// The event's dotted name, as stored.
+    /// Returns the dotted name stored for the event.
     pub fn as_str(self) -> &'static str {
         match self {
             AuditEvent::NotificationSent => "portal.notification.sent",
@@ -133,7 +133,7 @@ impl std::fmt::Display for AuditEvent {
 pub struct AuditRecord<'a> {
     /// What happened.
     pub event: AuditEvent,
-    /// Who did it: an administrator's name, `recipient`, `policy`, `delivery` or `system`.
+    /// Actor: an administrator's name, `recipient`, `policy`, `delivery` or `system`.
     pub actor: &'a str,
     /// Held id, when the event concerns one.
     pub held_id: Option<&'a str>,
@@ -155,7 +155,7 @@ pub struct AuditEntry {
     pub at: i64,
     /// Dotted event name.
     pub event: String,
-    /// Who did it.
+    /// Actor: an administrator, `recipient`, `policy`, `delivery` or `system`.
     pub actor: String,
     /// Held id, when the event concerns one.
     pub held_id: Option<String>,
@@ -171,7 +171,7 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// Which entries a search returns; every field left `None` matches everything.
+/// Conditions of an audit search; a field left `None` matches every entry.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
     /// Unix milliseconds, inclusive.
@@ -192,7 +192,7 @@ pub struct AuditFilter {
 pub struct ChainBreak {
     /// Id of the entry.
     pub id: i64,
-    /// What does not match.
+    /// Description of the mismatch.
     pub reason: String,
 }
 

@@ -18,7 +18,7 @@ mod backend;
 pub mod download;
 mod handlers;
 mod hold;
-mod message;
+pub mod message;
 pub mod passcode;
 mod reply;
 pub mod sanitize;

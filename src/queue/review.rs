@@ -2,9 +2,9 @@
 //! administrator takes on them.
 //!
 //! A release puts the held recipients back to `incoming` and marks the message, so the
-//! queue manager routes it again with the `review` action read as `protect` (a sensitive
-//! message still leaves only by forced TLS, S/MIME or the portal), or, for a release as
-//! not sensitive, with no classification at all. A rejection bounces the recipients with
+//! queue manager routes it again with the `review` action read as `protect`. A sensitive
+//! message then still leaves only by forced TLS, S/MIME or the portal. A release as not
+//! sensitive routes it with no classification at all. A rejection bounces the recipients with
 //! the administrator's reason, and the manager's usual bounce report sends the DSN.
 //!
 //! Nothing here stores message content: the list reads envelope columns, and pages parse
@@ -21,7 +21,7 @@ use crate::policy::classify::{Action, Classification};
 /// Enhanced status of a rejected recipient (RFC 3463: 5.7.1, delivery not authorized).
 pub const REJECTED_STATUS: &str = "5.7.1";
 
-/// How a released message is routed again.
+/// Routing mode of a released message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseMode {
     /// As sensitive: the `review` action counts as `protect`.
@@ -31,7 +31,7 @@ pub enum ReleaseMode {
 }
 
 impl ReleaseMode {
-    /// The name stored in `messages.review_release` and written in audit entries.
+    /// Returns the name stored in `messages.review_release` and written in audit entries.
     pub fn as_str(self) -> &'static str {
         match self {
             ReleaseMode::Protected => "protected",
@@ -67,7 +67,7 @@ pub fn apply_release(
     }
 }
 
-/// Which held messages a list shows; `None` matches everything.
+/// Conditions of a review list; a field left `None` matches every message.
 #[derive(Clone, Debug, Default)]
 pub struct ReviewFilter {
     /// Part of the envelope sender, case-insensitive.
@@ -234,8 +234,8 @@ impl Store {
         Ok(count > 0)
     }
 
-    /// Puts the message's review recipients back to `incoming`, to be routed again as
-    /// `mode` says, and drops any pending release request. Returns how many recipients
+    /// Puts the message's review recipients back to `incoming`, to be routed again in
+    /// `mode`, and drops any pending release request. Returns how many recipients
     /// were released.
     pub fn review_release(&mut self, id: &QueueId, mode: ReleaseMode) -> Result<usize, QueueError> {
         let transaction = self.connection.transaction()?;
@@ -286,7 +286,7 @@ impl Store {
         self.delete(id)
     }
 
-    /// The release waiting for approval, if any.
+    /// Returns the release request waiting for approval, if any.
     pub fn release_request(&self, id: &QueueId) -> Result<Option<ReleaseRequest>, QueueError> {
         let row: Option<(String, String, String)> = self
             .connection

@@ -4,10 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,29 @@ impl Gateway {
         self.command("queue", args)
     }
 
+    /// Runs `sealgate <command> ...` against this gateway's config with `stdin` as its
+    /// standard input, and returns the whole output, failed or not.
+    pub fn command_output(&self, command: &str, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+            .arg(command)
+            .arg("--config")
+            .arg(self.dir.join("sealgate.toml"))
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs `sealgate <command> ...` against this gateway's config and returns stdout.
     pub fn command(&self, command: &str, args: &[&str]) -> String {
         let output = Command::new(env!("CARGO_BIN_EXE_sealgate"))
@@ -192,4 +215,29 @@ scan_interval = "200ms"
         data = dir.join("data").display(),
         keys = dir.join("keys").display(),
     )
+}
+
+/// Sends one message over plain SMTP with mail-send and returns the queue id from the
+/// `250` reply.
+pub async fn submit(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
+        .expect("builder for a loopback address")
+        .implicit_tls(false)
+        .helo_host("staff-mta.clinic.example.org")
+        .timeout(Duration::from_secs(30))
+        .connect_plain()
+        .await
+        .expect("connect to the gateway");
+    let message =
+        mail_send::smtp::message::Message::new(from, to.to_vec(), body.as_bytes().to_vec());
+    let reply = client
+        .send(message)
+        .await
+        .expect("gateway accepted the message");
+    assert_eq!(reply.code(), 250);
+    let text = reply.message().to_string();
+    let _ = client.quit().await;
+    let id = text.rsplit(' ').next().unwrap().to_string();
+    assert_eq!(id.len(), 16, "queue id in {text:?}");
+    id
 }

@@ -145,7 +145,10 @@ fn release_makes_recipients_incoming() {
         2
     );
     assert!(!store.is_in_review(&id).unwrap());
-    assert_eq!(store.incoming_messages(10).unwrap(), [id.clone()]);
+    assert_eq!(
+        store.incoming_messages(10).unwrap(),
+        std::slice::from_ref(&id)
+    );
     let summary = store.message(&id).unwrap().unwrap();
     assert_eq!(summary.review_release, Some(ReleaseMode::Protected));
     // A second release finds nothing left to release.
