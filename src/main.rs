@@ -301,6 +301,10 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     } else {
         tracing::warn!("portal not started: the hold store is unavailable");
     }
+    // The gateway keeps relaying without the admin pages; held mail waits for them.
+    if let Err(error) = start_admin(&config, Arc::clone(&tls)).await {
+        tracing::error!(%error, "admin pages not started");
+    }
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
         Some(tokio_rustls::TlsAcceptor::from(tls)),
@@ -357,6 +361,34 @@ async fn start_portal(
         .map_err(|error| format!("failed to listen on {address} for the portal: {error}"))?;
     tracing::info!(%address, tls = config.portal.tls, "portal listening");
     tokio::spawn(portal::serve_portal(listener, context));
+    Ok(())
+}
+
+/// Starts the admin pages on `admin.listen`, with the inbound TLS certificate when
+/// `admin.tls` is set.
+async fn start_admin(config: &Arc<Config>, tls: Arc<rustls::ServerConfig>) -> Result<(), String> {
+    let address = config.admin.listen;
+    sealgate::admin::web::check_listen_address(address, config.admin.tls)?;
+    let acceptor = config
+        .admin
+        .tls
+        .then(|| tokio_rustls::TlsAcceptor::from(tls));
+    let context = sealgate::admin::web::AdminContext::new(
+        Arc::clone(config),
+        certificate_source(config)?,
+        acceptor,
+    )?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("failed to listen on {address} for the admin pages: {error}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| format!("failed to read the admin address: {error}"))?;
+    tracing::info!(address = %bound, tls = config.admin.tls, "admin pages listening");
+    tokio::spawn(sealgate::admin::web::serve_admin(
+        listener,
+        Arc::new(context),
+    ));
     Ok(())
 }
 

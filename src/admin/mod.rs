@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod totp;
+pub mod web;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -348,6 +349,29 @@ fn check_name(name: &str) -> Result<(), String> {
              '_', '-' or '@'"
         ))
     }
+}
+
+/// Parses `2026-12-03` (midnight UTC) or an RFC 3339 time into Unix milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+
+    if let Ok(moment) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((moment.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &date_format)
+        .map(|date| date.midnight().assume_utc().unix_timestamp() * 1000)
+        .map_err(|_| format!("invalid time {text:?}: expected 2026-12-03 or 2026-12-03T14:05:09Z"))
+}
+
+/// Formats Unix milliseconds as RFC 3339 in UTC, such as `2026-12-03T14:05:09.123Z`.
+pub fn rfc3339(millis: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|moment| moment.format(&Rfc3339).ok())
+        .unwrap_or_else(|| millis.to_string())
 }
 
 /// Hashes a password into an Argon2id PHC string with the crate's default parameters.

@@ -58,6 +58,17 @@ pub struct AdminConfig {
     pub max_failed_logins: u32,
     /// How long a locked account stays locked. Default: `15m`.
     pub lockout: ConfigDuration,
+    /// Address of the admin pages, separate from the portal. Default: `127.0.0.1:8444`.
+    pub listen: std::net::SocketAddr,
+    /// sealgate terminates TLS for the admin pages with the inbound certificate. Plain
+    /// HTTP is allowed only on a loopback address. Default: true.
+    pub tls: bool,
+    /// URL that browsers use for the admin pages, such as `https://admin.example.nhs.uk`,
+    /// whose origin form posts must come from. Without it, posts must come from the
+    /// loopback address the browser connected to.
+    pub base_url: String,
+    /// How long a sign-in lasts. Default: `15m`.
+    pub session_lifetime: ConfigDuration,
 }
 
 impl Default for AdminConfig {
@@ -66,6 +77,10 @@ impl Default for AdminConfig {
             four_eyes: false,
             max_failed_logins: 5,
             lockout: ConfigDuration::secs(15 * 60),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8444)),
+            tls: true,
+            base_url: String::new(),
+            session_lifetime: ConfigDuration::secs(15 * 60),
         }
     }
 }

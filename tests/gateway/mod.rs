@@ -16,6 +16,8 @@ pub struct Gateway {
     child: Child,
     /// The SMTP listener's address.
     pub smtp: SocketAddr,
+    /// The admin pages' address, when they started.
+    pub admin: Option<SocketAddr>,
     /// Folder with `sealgate.toml`, `data/` and `keys/`.
     pub dir: PathBuf,
     log: Arc<(Mutex<String>, Condvar)>,
@@ -36,6 +38,12 @@ impl Gateway {
             config.replacen("[portal]\n", "[portal]\nlisten = \"127.0.0.1:0\"\n", 1)
         } else {
             format!("{config}\n[portal]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        // So do the admin pages, over plain HTTP on loopback unless a test sets more.
+        let config = if config.contains("[admin]\n") {
+            config.replacen("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n", 1)
+        } else {
+            format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\ntls = false\n")
         };
         std::fs::write(&config_path, config).unwrap();
 
@@ -67,6 +75,7 @@ impl Gateway {
         let mut gateway = Gateway {
             child,
             smtp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
             dir: dir.to_owned(),
             log,
         };
@@ -78,6 +87,15 @@ impl Gateway {
             .find_map(|field| field.strip_prefix("address="))
             .expect("listener line names its address");
         gateway.smtp = address.parse().unwrap();
+        gateway.admin = gateway
+            .log()
+            .lines()
+            .find(|line| line.contains("admin pages listening"))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))
+                    .and_then(|address| address.parse().ok())
+            });
         gateway
     }
 
