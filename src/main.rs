@@ -291,6 +291,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     };
     let mut manager = tokio::spawn(manager.run());
 
+    let admin_hold_store = hold_store.as_ref().ok().map(|(store, _)| store.clone());
     if let Ok((hold_store, audit)) = hold_store {
         // The SMTP side keeps working without the portal; held mail waits for it.
         if let Err(error) =
@@ -302,7 +303,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         tracing::warn!("portal not started: the hold store is unavailable");
     }
     // The gateway keeps relaying without the admin pages; held mail waits for them.
-    if let Err(error) = start_admin(&config, Arc::clone(&tls)).await {
+    if let Err(error) = start_admin(&config, Arc::clone(&tls), admin_hold_store).await {
         tracing::error!(%error, "admin pages not started");
     }
     let context = Arc::new(InboundContext::new(
@@ -366,7 +367,11 @@ async fn start_portal(
 
 /// Starts the admin pages on `admin.listen`, with the inbound TLS certificate when
 /// `admin.tls` is set.
-async fn start_admin(config: &Arc<Config>, tls: Arc<rustls::ServerConfig>) -> Result<(), String> {
+async fn start_admin(
+    config: &Arc<Config>,
+    tls: Arc<rustls::ServerConfig>,
+    hold_store: Option<HoldStore>,
+) -> Result<(), String> {
     let address = config.admin.listen;
     sealgate::admin::web::check_listen_address(address, config.admin.tls)?;
     let acceptor = config
@@ -376,6 +381,7 @@ async fn start_admin(config: &Arc<Config>, tls: Arc<rustls::ServerConfig>) -> Re
     let context = sealgate::admin::web::AdminContext::new(
         Arc::clone(config),
         certificate_source(config)?,
+        hold_store,
         acceptor,
     )?;
     let listener = tokio::net::TcpListener::bind(address)

@@ -480,6 +480,33 @@ impl HoldStore {
         Ok(updated > 0)
     }
 
+    /// Moves the expiry of an active message to `expires_at` (Unix milliseconds); returns
+    /// false when the message is no longer active.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] for an unknown id, [`StoreError::Database`].
+    pub fn extend(&self, id: &HeldId, expires_at: i64) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let updated = connection.execute(
+            "UPDATE held_messages SET expires_at = ?2 WHERE id = ?1 AND state = 'active'",
+            params![id.as_str(), expires_at],
+        )?;
+        if updated == 0 {
+            let exists: Option<String> = connection
+                .query_row(
+                    "SELECT state FROM held_messages WHERE id = ?1",
+                    [id.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(id.clone()));
+            }
+        }
+        Ok(updated > 0)
+    }
+
     /// Deletes the content and key of every active message whose expiry is at or before
     /// `now` and marks it `expired`; returns how many.
     ///

@@ -88,12 +88,14 @@ impl From<ActionError> for AdminError {
     }
 }
 
-/// Form with a CSRF token and an optional reason.
+/// Form with a CSRF token, an optional reason and, for an expiry extension, days.
 #[derive(serde::Deserialize)]
 pub struct ActionForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    days: String,
 }
 
 /// The sign-in form.
@@ -405,12 +407,13 @@ pub async fn confirm_page(
     let page = ConfirmPage {
         user: Some(session.account.name.clone()),
         csrf: session.csrf.clone(),
-        id: id.to_string(),
-        sender: display_address(&sender),
-        action: action.path().to_string(),
+        subject_line: format!("Message {id} from {}.", display_address(&sender)),
+        form_action: format!("/review/{id}/{}", action.path()),
+        back: format!("/review/{id}"),
         title,
         explanation,
         reason_required: action.needs_reason(),
+        ask_days: false,
     };
     Ok(render(StatusCode::OK, &page))
 }
@@ -526,6 +529,206 @@ pub async fn audit_page(
         problem,
     };
     Ok(render(StatusCode::OK, &view))
+}
+
+/// Maximum days one extension adds to a portal message's expiry.
+const MAX_EXTENSION_DAYS: i64 = 90;
+
+/// Query of the portal messages page.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+pub struct PageQuery {
+    page: u64,
+}
+
+/// `GET /portal`: messages in the hold store with their state, newest first, paged. The
+/// state is `notified`, `opened` or `replied` from the audit trail while the message is
+/// active, else `expired` or `revoked`.
+pub async fn portal_list(
+    State(context): State<Arc<AdminContext>>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, AdminError> {
+    let session = signed_in(&context, &headers)?;
+    let page = usize::try_from(query.page.max(1)).unwrap_or(1);
+    let reader = Arc::clone(&context);
+    let (rows, total) = blocking(move || {
+        let store = reader.hold_store.as_ref().ok_or_else(hold_store_missing)?;
+        let mut held = store.list().map_err(internal)?;
+        held.reverse();
+        let total = held.len();
+        let start = (page - 1) * PAGE_SIZE as usize;
+        let mut rows = Vec::new();
+        for summary in held.into_iter().skip(start).take(PAGE_SIZE as usize) {
+            let active = summary.state == crate::store::HeldState::Active;
+            let state = if active {
+                let events = reader.audit.entries_for(&summary.id).map_err(internal)?;
+                let happened = |event: AuditEvent| events.iter().any(|e| e.event == event.as_str());
+                if happened(AuditEvent::ReplySent) {
+                    "replied"
+                } else if happened(AuditEvent::Opened) {
+                    "opened"
+                } else {
+                    "notified"
+                }
+            } else {
+                summary.state.as_str()
+            };
+            rows.push(PortalRow {
+                id: summary.id.to_string(),
+                state,
+                created: rfc3339(summary.created_at),
+                expires: rfc3339(summary.expires_at),
+                active,
+            });
+        }
+        Ok((rows, total))
+    })
+    .await?;
+    let pages = total.div_ceil(PAGE_SIZE as usize).max(1);
+    let view = PortalPage {
+        user: Some(session.account.name.clone()),
+        csrf: session.csrf.clone(),
+        previous: (page > 1).then(|| format!("/portal?page={}", page - 1)),
+        next: (page < pages).then(|| format!("/portal?page={}", page + 1)),
+        rows,
+        total,
+    };
+    Ok(render(StatusCode::OK, &view))
+}
+
+/// `GET /portal/{id}/{action}`: the confirmation step of `revoke` or `extend`. Auditors
+/// get 403.
+pub async fn portal_confirm(
+    State(context): State<Arc<AdminContext>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, AdminError> {
+    let session = signed_in(&context, &headers)?;
+    require_admin(&session.account)?;
+    let id = crate::store::HeldId::parse(&id).ok_or(AdminError::NotFound)?;
+    let (title, explanation, ask_days) = match action.as_str() {
+        "revoke" => (
+            "Revoke",
+            "The message's content and key are deleted, so the recipient's link stops working.",
+            false,
+        ),
+        "extend" => (
+            "Extend expiry",
+            "The recipient can collect the message for longer.",
+            true,
+        ),
+        _ => return Err(AdminError::NotFound),
+    };
+    let page = ConfirmPage {
+        user: Some(session.account.name.clone()),
+        csrf: session.csrf.clone(),
+        subject_line: format!("Portal message {id}."),
+        form_action: format!("/portal/{id}/{action}"),
+        back: "/portal".into(),
+        title,
+        explanation,
+        reason_required: false,
+        ask_days,
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// `POST /portal/{id}/{action}`: revokes a portal message or extends its expiry.
+pub async fn portal_act(
+    State(context): State<Arc<AdminContext>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Result<Response, AdminError> {
+    let (_, session) = session_of(&context, &headers)?;
+    let form = check_form(&context, &headers, &session, form)?;
+    require_admin(&session.account)?;
+    let id = crate::store::HeldId::parse(&id).ok_or(AdminError::NotFound)?;
+    let writer = Arc::clone(&context);
+    let actor = session.account.name.clone();
+    let detail = blocking(move || {
+        let store = writer.hold_store.as_ref().ok_or_else(hold_store_missing)?;
+        let not_found = |error: crate::store::StoreError| match error {
+            crate::store::StoreError::NotFound(_) => AdminError::NotFound,
+            other => internal(other),
+        };
+        let (event, outcome, detail) = match action.as_str() {
+            "revoke" => {
+                if !store.revoke(&id).map_err(not_found)? {
+                    return Err(AdminError::BadRequest(format!(
+                        "portal message {id} is not active"
+                    )));
+                }
+                (
+                    AuditEvent::Revoked,
+                    "ok".to_string(),
+                    format!("Portal message {id} is revoked."),
+                )
+            }
+            "extend" => {
+                let days: i64 = form
+                    .days
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|days| (1..=MAX_EXTENSION_DAYS).contains(days))
+                    .ok_or_else(|| {
+                        AdminError::BadRequest(format!(
+                            "invalid days {:?}: expected 1 to {MAX_EXTENSION_DAYS}",
+                            form.days
+                        ))
+                    })?;
+                let current = store
+                    .list()
+                    .map_err(internal)?
+                    .into_iter()
+                    .find(|summary| summary.id == id)
+                    .ok_or(AdminError::NotFound)?;
+                let base = current.expires_at.max(crate::queue::store::now_millis());
+                let expires_at = base + days * 86_400_000;
+                if !store.extend(&id, expires_at).map_err(not_found)? {
+                    return Err(AdminError::BadRequest(format!(
+                        "portal message {id} is not active"
+                    )));
+                }
+                (
+                    AuditEvent::ExpiryExtended,
+                    format!("until {}", rfc3339(expires_at)),
+                    format!(
+                        "Portal message {id} now expires at {}.",
+                        rfc3339(expires_at)
+                    ),
+                )
+            }
+            _ => return Err(AdminError::NotFound),
+        };
+        let reason = format!("reason: {}", form.reason.trim());
+        writer
+            .audit
+            .append(&AuditRecord {
+                event,
+                actor: &actor,
+                held_id: Some(id.as_str()),
+                queue_id: None,
+                outcome: &outcome,
+                detail: &reason,
+            })
+            .map_err(internal)?;
+        Ok(detail)
+    })
+    .await?;
+    let page = DonePage {
+        user: Some(session.account.name.clone()),
+        csrf: session.csrf.clone(),
+        title: "Done".into(),
+        detail,
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+fn hold_store_missing() -> AdminError {
+    AdminError::Internal("the hold store is unavailable (see the start-up log)".into())
 }
 
 /// An action on a held message, as named in its URL.

@@ -1,4 +1,5 @@
-//! The admin pages: sign-in, the review queue with its actions, and the audit trail.
+//! The admin pages: sign-in, the review queue with its actions, the messages waiting in
+//! the portal, and the audit trail.
 //!
 //! They listen on `admin.listen`, apart from the recipient portal, and reuse the portal's
 //! security headers, origin check, cookies, sanitiser, downloads and TLS serving. Every
@@ -24,6 +25,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::CertificateSource;
 use crate::queue::store::Store;
+use crate::store::HoldStore;
 use session::AdminSessions;
 
 /// Shared state of the admin pages.
@@ -33,6 +35,7 @@ pub struct AdminContext {
     store: Mutex<Store>,
     audit: AuditLog,
     certificates: Arc<dyn CertificateSource>,
+    hold_store: Option<HoldStore>,
     sessions: AdminSessions,
     lockout: LockoutPolicy,
     https: bool,
@@ -40,8 +43,9 @@ pub struct AdminContext {
 }
 
 impl AdminContext {
-    /// Opens the accounts, the queue and the audit trail of `config`. With `tls`, the
-    /// pages speak HTTPS.
+    /// Opens the accounts, the queue and the audit trail of `config`. Without
+    /// `hold_store`, the portal messages page reports that the store is unavailable. With
+    /// `tls`, the pages speak HTTPS.
     ///
     /// # Errors
     ///
@@ -49,6 +53,7 @@ impl AdminContext {
     pub fn new(
         config: Arc<Config>,
         certificates: Arc<dyn CertificateSource>,
+        hold_store: Option<HoldStore>,
         tls: Option<TlsAcceptor>,
     ) -> Result<AdminContext, String> {
         let accounts = Accounts::open(&config).map_err(|error| error.to_string())?;
@@ -62,6 +67,7 @@ impl AdminContext {
             store: Mutex::new(store),
             audit,
             certificates,
+            hold_store,
             config,
             tls,
         })
@@ -108,6 +114,11 @@ pub fn router(context: Arc<AdminContext>) -> Router {
             get(handlers::confirm_page).post(handlers::act),
         )
         .route("/audit", get(handlers::audit_page))
+        .route("/portal", get(handlers::portal_list))
+        .route(
+            "/portal/{id}/{action}",
+            get(handlers::portal_confirm).post(handlers::portal_act),
+        )
         .route("/portal.css", get(crate::portal::handlers::style_sheet))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(move |response: Response| {

@@ -68,12 +68,32 @@ pub struct ReviewDetailPage {
 pub struct ConfirmPage {
     pub user: Option<String>,
     pub csrf: String,
-    pub id: String,
-    pub sender: String,
-    pub action: String,
+    pub subject_line: String,
+    pub form_action: String,
+    pub back: String,
     pub title: &'static str,
     pub explanation: &'static str,
     pub reason_required: bool,
+    pub ask_days: bool,
+}
+
+pub struct PortalRow {
+    pub id: String,
+    pub state: &'static str,
+    pub created: String,
+    pub expires: String,
+    pub active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin/portal.html")]
+pub struct PortalPage {
+    pub user: Option<String>,
+    pub csrf: String,
+    pub rows: Vec<PortalRow>,
+    pub total: usize,
+    pub previous: Option<String>,
+    pub next: Option<String>,
 }
 
 #[derive(Template)]

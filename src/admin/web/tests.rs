@@ -10,8 +10,10 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::admin::Role;
+use crate::audit::AuditEvent;
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId};
 use crate::policy::{NoCertificates, Route};
+use crate::store::HoldStore;
 
 const HOST: &str = "127.0.0.1:8444";
 const ORIGIN: &str = "http://127.0.0.1:8444";
@@ -46,11 +48,21 @@ fn harness(four_eyes: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::development();
     config.server.data_dir = dir.path().join("data");
+    config.server.keys_dir = dir.path().join("keys");
+    crate::store::ensure_master_key(&config.server.keys_dir).unwrap();
+    let hold_store = HoldStore::open(&config).unwrap();
     config.admin.tls = false;
     config.admin.four_eyes = four_eyes;
     config.admin.max_failed_logins = 3;
-    let context =
-        Arc::new(AdminContext::new(Arc::new(config), Arc::new(NoCertificates), None).unwrap());
+    let context = Arc::new(
+        AdminContext::new(
+            Arc::new(config),
+            Arc::new(NoCertificates),
+            Some(hold_store),
+            None,
+        )
+        .unwrap(),
+    );
     {
         let accounts = context.accounts.lock().unwrap();
         accounts.add("alice", Role::Admin, PASSWORD).unwrap();
@@ -437,4 +449,106 @@ async fn four_eyes_release_in_pages() {
             .is_in_review(&id)
             .unwrap()
     );
+}
+
+fn portal_hold(harness: &Harness, recipient: &str) -> crate::store::HeldId {
+    let envelope = crate::store::HeldEnvelope {
+        queue_id: QueueId::generate().to_string(),
+        sender: "ada@clinic.example.org".into(),
+        recipient: recipient.into(),
+        subject: "results".into(),
+    };
+    let store = harness.context.hold_store.as_ref().unwrap();
+    store
+        .hold(b"Subject: results\r\n\r\nbody\r\n", &envelope)
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn portal_messages_show_state_and_change() {
+    let harness = harness(false);
+    let opened = portal_hold(&harness, "sam@mailbox.example");
+    let revoked = portal_hold(&harness, "pat@mailbox.example");
+    harness
+        .context
+        .audit
+        .record(AuditEvent::Opened, Some(&opened), None, "")
+        .unwrap();
+    let (auditor, auditor_csrf) = sign_in(&harness, "audrey").await;
+    let list = text(get(&harness, &auditor, "/portal").await).await;
+    assert!(
+        list.contains(&format!("<td>{opened}</td><td>opened</td>")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("<td>{revoked}</td><td>notified</td>")),
+        "{list}"
+    );
+    let denied = post(
+        &harness,
+        &auditor,
+        &format!("/portal/{revoked}/revoke"),
+        ORIGIN,
+        &format!("csrf={auditor_csrf}"),
+    )
+    .await;
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+
+    let (admin, csrf) = sign_in(&harness, "alice").await;
+    let done = post(
+        &harness,
+        &admin,
+        &format!("/portal/{revoked}/revoke"),
+        ORIGIN,
+        &format!("csrf={csrf}&reason=sent+to+the+wrong+person"),
+    )
+    .await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let store = harness.context.hold_store.as_ref().unwrap();
+    let before = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == opened)
+        .unwrap();
+    let invalid = post(
+        &harness,
+        &admin,
+        &format!("/portal/{opened}/extend"),
+        ORIGIN,
+        &format!("csrf={csrf}&days=900"),
+    )
+    .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    let extended = post(
+        &harness,
+        &admin,
+        &format!("/portal/{opened}/extend"),
+        ORIGIN,
+        &format!("csrf={csrf}&days=7"),
+    )
+    .await;
+    assert_eq!(extended.status(), StatusCode::OK);
+    let after = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == opened)
+        .unwrap();
+    assert_eq!(after.expires_at, before.expires_at + 7 * 86_400_000);
+    let list = text(get(&harness, &admin, "/portal").await).await;
+    assert!(
+        list.contains(&format!("<td>{revoked}</td><td>revoked</td>")),
+        "{list}"
+    );
+    let events: Vec<String> = harness
+        .context
+        .audit
+        .entries_for(&opened)
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.event)
+        .collect();
+    assert!(events.contains(&"store.extended".to_string()), "{events:?}");
 }
