@@ -143,12 +143,7 @@ pub async fn login(
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let code = (!form.code.trim().is_empty()).then_some(form.code.as_str());
-        Ok(accounts.login(
-            &form.name.trim().to_string(),
-            &form.password,
-            code,
-            checked.lockout,
-        ))
+        Ok(accounts.login(form.name.trim(), &form.password, code, checked.lockout))
     })
     .await?;
     let logged_name: String = name.chars().take(MAX_LOGGED_NAME).collect();
@@ -156,7 +151,10 @@ pub async fn login(
         Ok(account) => {
             audit_login(&context, &logged_name, "ok").await;
             tracing::info!(user = %logged_name, "administrator signed in");
-            let session_id = context.sessions.create(account);
+            let session_id = context.sessions.insert(AdminSession {
+                account,
+                csrf: random_token(),
+            });
             let max_age = context.sessions.lifetime().as_secs();
             let mut response = Redirect::to("/review").into_response();
             let cookies = response.headers_mut();
@@ -261,17 +259,14 @@ pub async fn review_list(
     })
     .await?;
     let pages = total.div_ceil(u64::from(PAGE_SIZE)).max(1);
-    let link = |page: u64| {
-        let mut pairs = url_query(&[
-            ("sender", &query.sender),
-            ("recipient", &query.recipient),
-            ("since", &query.since),
-            ("until", &query.until),
-            ("rule", &query.rule),
-        ]);
-        pairs.push_str(&format!("page={page}"));
-        format!("/review?{pairs}")
-    };
+    let fields = [
+        ("sender", &query.sender),
+        ("recipient", &query.recipient),
+        ("since", &query.since),
+        ("until", &query.until),
+        ("rule", &query.rule),
+    ];
+    let link = |page: u64| page_link("/review", &fields, page);
     let view = ReviewListPage {
         user: Some(session.account.name.clone()),
         csrf: session.csrf.clone(),
@@ -496,17 +491,14 @@ pub async fn audit_page(
     .await?;
     let has_next = entries.len() > PAGE_SIZE as usize;
     entries.truncate(PAGE_SIZE as usize);
-    let link = |page: u64| {
-        let mut pairs = url_query(&[
-            ("event", &query.event),
-            ("actor", &query.actor),
-            ("queue_id", &query.queue_id),
-            ("since", &query.since),
-            ("until", &query.until),
-        ]);
-        pairs.push_str(&format!("page={page}"));
-        format!("/audit?{pairs}")
-    };
+    let fields = [
+        ("event", &query.event),
+        ("actor", &query.actor),
+        ("queue_id", &query.queue_id),
+        ("since", &query.since),
+        ("until", &query.until),
+    ];
+    let link = |page: u64| page_link("/audit", &fields, page);
     let view = AuditPage {
         user: Some(session.account.name.clone()),
         csrf: session.csrf.clone(),
@@ -890,25 +882,26 @@ fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// Encodes the non-empty pairs as `key=value&` with values percent-encoded.
-fn url_query(pairs: &[(&str, &String)]) -> String {
-    let mut query = String::new();
+/// Builds `path?key=value&...&page=N` from the non-empty pairs, values percent-encoded.
+fn page_link(path: &str, pairs: &[(&str, &String)], page: u64) -> String {
+    let mut link = format!("{path}?");
     for (key, value) in pairs {
         if value.is_empty() {
             continue;
         }
-        query.push_str(key);
-        query.push('=');
+        link.push_str(key);
+        link.push('=');
         for byte in value.bytes() {
             if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                query.push(char::from(byte));
+                link.push(char::from(byte));
             } else {
-                query.push_str(&format!("%{byte:02X}"));
+                link.push_str(&format!("%{byte:02X}"));
             }
         }
-        query.push('&');
+        link.push('&');
     }
-    query
+    link.push_str(&format!("page={page}"));
+    link
 }
 
 fn signed_in(context: &AdminContext, headers: &HeaderMap) -> Result<AdminSession, AdminError> {
