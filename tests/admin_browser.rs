@@ -49,6 +49,22 @@ async fn sign_in(browser: &Browser, base: &str, name: &str) {
     browser.wait_for_heading("Review queue").await;
 }
 
+/// Waits until the page source contains `needle` and returns the source.
+async fn wait_for_text(browser: &Browser, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let source = browser.source().await;
+        if source.contains(needle) {
+            return source;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not shown; page: {source}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn script(browser: &Browser, source: &str) -> serde_json::Value {
     browser
         .command(
@@ -153,9 +169,7 @@ async fn browser_reviews_releases_and_rejects() {
     // Filter by recipient.
     browser.type_into("#recipient", "pal@").await;
     browser.click("#apply").await;
-    browser.wait_for_heading("Review queue").await;
-    let filtered = browser.source().await;
-    assert!(filtered.contains("1 held message(s)"), "{filtered}");
+    let filtered = wait_for_text(&browser, "1 held message(s)").await;
     assert!(filtered.contains(&rejected), "{filtered}");
     assert!(!filtered.contains(&hostile), "{filtered}");
 
@@ -236,5 +250,56 @@ async fn browser_reviews_releases_and_rejects() {
     assert!(
         list.contains(&third),
         "the auditor changed the queue: {list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(
+        dir.path(),
+        "[admin]\ntls = false\nmax_failed_logins = 3\nlockout = \"1h\"\n",
+    );
+    let mut gateway = Gateway::start(dir.path(), &config);
+    let output = gateway.command_output(
+        "admin",
+        &["add", "alice", "--role", "admin", "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let profile = dir.path().join("profile");
+    let downloads = dir.path().join("downloads");
+    let (_driver, browser) = start_browser(&profile, &downloads).await;
+    let base = format!("http://{}", gateway.admin.unwrap());
+    for attempt in 0..3 {
+        browser.go(&format!("{base}/login")).await;
+        browser.type_into("#name", "alice").await;
+        browser
+            .type_into("#password", &format!("guess {attempt}"))
+            .await;
+        browser.click("#sign-in").await;
+        browser.wait_for_heading("Sign in").await;
+    }
+    assert!(
+        browser.source().await.contains("locked"),
+        "no lock-out shown"
+    );
+
+    gateway.kill9();
+    drop(gateway);
+    let gateway = Gateway::start(dir.path(), &config);
+    let base = format!("http://{}", gateway.admin.unwrap());
+    browser.go(&format!("{base}/login")).await;
+    browser.type_into("#name", "alice").await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    let page = wait_for_text(&browser, "locked").await;
+    assert!(
+        !page.contains("Review queue</h1>"),
+        "signed in after a restart: {page}"
+    );
+    assert!(
+        gateway.command("admin", &["list"]).contains("locked until"),
+        "lock not stored"
     );
 }
