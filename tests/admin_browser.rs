@@ -1,7 +1,8 @@
-//! The admin pages in headless Chromium against the real binary: sign in, filter the
-//! review queue, open a message whose subject, addresses, file name and body try to run
-//! script, release one and reject one (a loopback server receives the portal notification
-//! and the DSN), and check that an auditor cannot act.
+//! The admin pages in headless Chromium against the real binary. The browser signs in,
+//! filters the review queue and opens a message whose subject, addresses, file name and
+//! body try to run script. It releases one message and rejects another, and a loopback
+//! server receives the portal notification and the DSN. An auditor cannot act, and a
+//! lock-out survives a restart.
 
 mod common;
 mod gateway;

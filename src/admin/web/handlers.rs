@@ -29,7 +29,7 @@ use crate::queue::store::Store;
 /// Rows per page of the review list and the audit trail.
 const PAGE_SIZE: u32 = 50;
 
-/// Longest account name written to the audit trail for a failed sign-in, in characters.
+/// Maximum length of an account name written to the audit trail, in characters.
 const MAX_LOGGED_NAME: usize = 64;
 
 /// A request the admin pages could not serve.
@@ -183,7 +183,7 @@ pub async fn login(
         }
         Err(LoginError::Locked(wait)) => {
             audit_login(&context, &logged_name, "locked").await;
-            tracing::warn!(user = %logged_name, "sign-in refused: account locked");
+            tracing::warn!(user = %logged_name, "sign-in rejected: account locked");
             let minutes = wait.as_secs().div_ceil(60).max(1);
             Ok(login_form(
                 &context,
@@ -227,6 +227,7 @@ pub async fn review_list(
     };
     let page = query.page.max(1);
     let offset = (page - 1) * u64::from(PAGE_SIZE);
+
     let reader = Arc::clone(&context);
     let (total, rows) = blocking(move || {
         let store = reader.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +259,7 @@ pub async fn review_list(
         Ok((total, rows))
     })
     .await?;
+
     let pages = total.div_ceil(u64::from(PAGE_SIZE)).max(1);
     let fields = [
         ("sender", &query.sender),
@@ -338,6 +340,7 @@ pub async fn review_detail(
             })
         })
         .await?;
+
     let page = ReviewDetailPage {
         csrf: session.csrf,
         ..page
@@ -425,6 +428,7 @@ pub async fn act(
     require_admin(&session.account)?;
     let action = ReviewAction::parse(&action).ok_or(AdminError::NotFound)?;
     let id = QueueId::parse(&id).ok_or(AdminError::NotFound)?;
+
     let writer = Arc::clone(&context);
     let account = session.account.clone();
     let detail = blocking(move || {
@@ -457,6 +461,7 @@ pub async fn act(
         Ok(detail)
     })
     .await?;
+
     tracing::info!(user = %session.account.name, action = action.path(), "admin action done");
     let page = DonePage {
         user: Some(session.account.name.clone()),
@@ -480,8 +485,9 @@ pub async fn audit_page(
     };
     let page = query.page.max(1);
     let offset = (page - 1) * u64::from(PAGE_SIZE);
+
     let reader = Arc::clone(&context);
-    // One row more than a page tells whether there is a next page.
+    // One row more than a page shows whether there is a next page.
     let mut entries = blocking(move || {
         reader
             .audit
@@ -489,6 +495,7 @@ pub async fn audit_page(
             .map_err(internal)
     })
     .await?;
+
     let has_next = entries.len() > PAGE_SIZE as usize;
     entries.truncate(PAGE_SIZE as usize);
     let fields = [

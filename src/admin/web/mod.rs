@@ -73,9 +73,9 @@ impl AdminContext {
         })
     }
 
-    /// Returns whether a form post may come from where `headers` say: the origin of
-    /// `admin.base_url` when set, otherwise `http(s)://` and the `Host` the browser used,
-    /// which must then be a loopback address.
+    /// Returns whether a form post with these `headers` may be accepted. It must come from
+    /// the origin of `admin.base_url` when that is set, otherwise from `http(s)://` and the
+    /// `Host` the browser used, which must then be a loopback address.
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let expected = if self.config.admin.base_url.is_empty() {
             let Some(host) = headers
