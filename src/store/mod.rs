@@ -23,6 +23,7 @@ use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+pub(crate) use config::is_web_url;
 pub use config::{PortalConfig, StoreConfig};
 pub use master::{create_master_key, ensure_master_key, key_path};
 
