@@ -920,7 +920,21 @@ fn session_of(
     headers: &HeaderMap,
 ) -> Result<(String, AdminSession), AdminError> {
     let id = cookie(headers, session_cookie_name(context)).ok_or(AdminError::SignIn)?;
-    let session = context.sessions.get(id).ok_or(AdminError::SignIn)?;
+    let mut session = context.sessions.get(id).ok_or(AdminError::SignIn)?;
+    // The account is read again on every request, so a removed account loses its sessions
+    // at once. NOTE: this is a short SQLite read on the async thread, under the accounts
+    // lock.
+    let current = context
+        .accounts
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&session.account.name)
+        .map_err(internal)?;
+    let Some(account) = current else {
+        context.sessions.remove(id);
+        return Err(AdminError::SignIn);
+    };
+    session.account = account;
     Ok((id.to_string(), session))
 }
 

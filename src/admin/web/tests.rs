@@ -552,3 +552,25 @@ async fn portal_messages_show_state_and_change() {
         .collect();
     assert!(events.contains(&"store.extended".to_string()), "{events:?}");
 }
+
+#[tokio::test]
+async fn removed_account_loses_session() {
+    let harness = harness(false);
+    let (session, _) = sign_in(&harness, "audrey").await;
+    assert_eq!(
+        get(&harness, &session, "/audit").await.status(),
+        StatusCode::OK
+    );
+    assert!(
+        harness
+            .context
+            .accounts
+            .lock()
+            .unwrap()
+            .remove("audrey")
+            .unwrap()
+    );
+    let response = get(&harness, &session, "/audit").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/login");
+}
