@@ -267,14 +267,24 @@ impl AuditLog {
     /// Appends an entry, chained to the last one, and returns its id. Control characters
     /// in the text fields are replaced by spaces.
     ///
-    /// The last entry is read and the new one written in one `BEGIN IMMEDIATE`
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub fn append(&self, record: &AuditRecord<'_>) -> Result<i64, StoreError> {
+        self.append_all(std::slice::from_ref(record))
+    }
+
+    /// Appends entries in order in one transaction (one disk sync for all of them) and
+    /// returns the id of the last entry in the table afterwards (0 for an empty table).
+    ///
+    /// The last entry is read and the new ones written in one `BEGIN IMMEDIATE`
     /// transaction, so writers in other processes on the same database extend the chain
     /// one after the other.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Database`].
-    pub fn append(&self, record: &AuditRecord<'_>) -> Result<i64, StoreError> {
+    /// [`StoreError::Database`]; then none of the entries is written.
+    pub fn append_all(&self, records: &[AuditRecord<'_>]) -> Result<i64, StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let last: Option<(i64, Option<String>)> = transaction
@@ -284,26 +294,31 @@ impl AuditLog {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        let (last_id, prev_hash) = match last {
+        let (mut last_id, mut prev_hash) = match last {
             Some((id, hash)) => (id, hash.unwrap_or_default()),
             None => (0, GENESIS.to_string()),
         };
-        let mut entry = AuditEntry {
-            id: last_id + 1,
-            at: now_millis(),
-            event: record.event.as_str().to_string(),
-            actor: clean(record.actor),
-            held_id: record.held_id.map(clean),
-            queue_id: record.queue_id.map(clean),
-            outcome: clean(record.outcome),
-            detail: clean(record.detail),
-            prev_hash,
-            hash: String::new(),
-        };
-        entry.hash = chain::entry_hash(&entry.prev_hash, &entry);
-        insert(&transaction, &entry)?;
+        let at = now_millis();
+        for record in records {
+            let mut entry = AuditEntry {
+                id: last_id + 1,
+                at,
+                event: record.event.as_str().to_string(),
+                actor: clean(record.actor),
+                held_id: record.held_id.map(clean),
+                queue_id: record.queue_id.map(clean),
+                outcome: clean(record.outcome),
+                detail: clean(record.detail),
+                prev_hash,
+                hash: String::new(),
+            };
+            entry.hash = chain::entry_hash(&entry.prev_hash, &entry);
+            insert(&transaction, &entry)?;
+            last_id = entry.id;
+            prev_hash = entry.hash;
+        }
         transaction.commit()?;
-        Ok(entry.id)
+        Ok(last_id)
     }
 
     /// Entries for one held message, oldest first.

@@ -209,3 +209,21 @@ fn search_filters_and_pages() {
     };
     assert!(audit.search(&later, false, 100, 0).unwrap().is_empty());
 }
+
+#[test]
+fn append_all_chains_a_batch() {
+    let (_dir, _config, audit) = open_log();
+    admin_action(&audit, "alice", "0000000000000001");
+    let record = AuditRecord {
+        event: AuditEvent::Routed,
+        actor: "policy",
+        held_id: None,
+        queue_id: Some("0000000000000002"),
+        outcome: "portal",
+        detail: "to=<a@b.example>",
+    };
+    assert_eq!(audit.append_all(&[record, record, record]).unwrap(), 4);
+    assert_eq!(audit.append_all(&[]).unwrap(), 4);
+    let head = audit.verify().unwrap().unwrap();
+    assert_eq!(head.entries, 4);
+}

@@ -339,27 +339,29 @@ pub(super) struct AuditNote {
     pub detail: String,
 }
 
-/// Appends the notes about message `id` to the audit trail on a blocking thread. A
-/// failure is logged: the routing or delivery it describes has already been committed.
+/// Appends the notes about message `id` to the audit trail in one transaction on a
+/// blocking thread. A failure is logged: the routing or delivery it describes has already
+/// been committed.
 pub(super) async fn record_notes(audit: &AuditLog, id: &QueueId, notes: Vec<AuditNote>) {
     let audit = audit.clone();
     let queue_id = id.clone();
     let written = tokio::task::spawn_blocking(move || {
-        for note in &notes {
-            audit.append(&AuditRecord {
+        let records: Vec<AuditRecord<'_>> = notes
+            .iter()
+            .map(|note| AuditRecord {
                 event: note.event,
                 actor: note.actor,
                 held_id: None,
                 queue_id: Some(queue_id.as_str()),
                 outcome: &note.outcome,
                 detail: &note.detail,
-            })?;
-        }
-        Ok::<_, crate::store::StoreError>(())
+            })
+            .collect();
+        audit.append_all(&records)
     })
     .await;
     match written {
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::error!(queue_id = %id, %error, "failed to write audit entries"),
         Err(error) => tracing::error!(queue_id = %id, %error, "audit task failed"),
     }
