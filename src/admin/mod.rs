@@ -293,7 +293,7 @@ impl Accounts {
         self.connection
             .execute(
                 "UPDATE admin_users SET failed_logins = 0, locked_until = 0,
-                     totp_last_step = MAX(totp_last_step, ?2)
+                     totp_last_step = CASE WHEN ?2 > totp_last_step THEN ?2 ELSE totp_last_step END
                  WHERE name = ?1",
                 params![
                     name,
