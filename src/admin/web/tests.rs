@@ -135,6 +135,15 @@ fn hidden_csrf(html: &str) -> String {
 }
 
 async fn try_login(harness: &Harness, name: &str, password: &str) -> Response<Body> {
+    try_login_with_code(harness, name, password, "").await
+}
+
+async fn try_login_with_code(
+    harness: &Harness,
+    name: &str,
+    password: &str,
+    code: &str,
+) -> Response<Body> {
     let page = send(
         harness,
         Request::get("/login")
@@ -146,7 +155,7 @@ async fn try_login(harness: &Harness, name: &str, password: &str) -> Response<Bo
     let cookie = cookie_value(&page, "sealgate-admin-login").unwrap();
     let csrf = hidden_csrf(&text(page).await);
     let body = format!(
-        "csrf={csrf}&name={name}&password={}",
+        "csrf={csrf}&name={name}&password={}&code={code}",
         password.replace(' ', "+")
     );
     send(
@@ -573,4 +582,26 @@ async fn removed_account_loses_session() {
     let response = get(&harness, &session, "/audit").await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()[header::LOCATION], "/login");
+}
+
+#[tokio::test]
+async fn totp_code_needed_at_sign_in() {
+    let harness = harness(false);
+    let secret = harness
+        .context
+        .accounts
+        .lock()
+        .unwrap()
+        .new_totp("alice")
+        .unwrap()
+        .unwrap();
+    let missing = try_login(&harness, "alice", PASSWORD).await;
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    let wrong = try_login_with_code(&harness, "alice", PASSWORD, "000000").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let seconds = u64::try_from(crate::queue::store::now_millis() / 1000).unwrap();
+    let code = crate::admin::totp::code_at(&secret, seconds).unwrap();
+    let signed_in = try_login_with_code(&harness, "alice", PASSWORD, &code).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.headers()[header::LOCATION], "/review");
 }
