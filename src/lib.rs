@@ -7,8 +7,10 @@
 //! `inbound` (SMTP server) → `queue` (spool, schedule, DSNs) → `policy` (routes) →
 //! `delivery` (MX lookup, outbound SMTP with the route's TLS level), with `smime`
 //! (recipient certificates, S/MIME encryption) and `store` (the encrypted hold store and
-//! portal notifications) for the routes that need them, and `audit` recording accesses.
+//! portal notifications) for the routes that need them, `audit` recording decisions,
+//! deliveries and accesses in a hash chain, and `admin` holding administrator accounts.
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod delivery;

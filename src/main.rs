@@ -1,8 +1,8 @@
 //! The `sealgate` command: run the gateway, check and create configs, and inspect the queue.
 
+mod cli;
 mod dkim_commands;
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use sealgate::keys;
 use sealgate::policy::classify::{self, Classifier};
 use sealgate::policy::{CertificateSource, Router};
 use sealgate::portal;
+use sealgate::queue::review::{self, ReleaseMode};
 use sealgate::queue::store::{RecipientState, Store, now_millis};
 use sealgate::queue::{QueueManager, Spool};
 use sealgate::smime::{CertificateDirectory, Smime};
@@ -129,6 +130,30 @@ enum Command {
     /// Read a password from standard input and print its Argon2id hash for
     /// `[[inbound.users]]`.
     HashPassword,
+    /// Add, list and remove administrator accounts, set passwords and TOTP.
+    Admin {
+        /// Config file (for the data folder); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::accounts::AdminAction,
+    },
+    /// List, show, release, reject and delete messages held for review.
+    Review {
+        /// Config file; the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::review::ReviewAction,
+    },
+    /// Verify and export the audit trail.
+    Audit {
+        /// Config file (for the data folder); the development default without it.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::audit::AuditAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +240,15 @@ fn main() -> ExitCode {
         Command::Dkim { config, action } => dkim_commands::dkim(config.as_deref(), action),
         Command::Dns { config, action } => dkim_commands::dns(config.as_deref(), action),
         Command::HashPassword => hash_password(),
+        Command::Admin { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::accounts::run(&config, action))
+        }
+        Command::Review { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::review::run(&config, action))
+        }
+        Command::Audit { config, action } => {
+            load_config(config.as_deref()).and_then(|config| cli::audit::run(&config, action))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -299,6 +333,7 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         ));
     }
 
+    let admin_hold_store = hold_store.as_ref().ok().map(|(store, _)| store.clone());
     if let Ok((hold_store, audit)) = hold_store {
         // The SMTP side keeps working without the portal; held mail waits for it.
         if let Err(error) =
@@ -308,6 +343,10 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
         }
     } else {
         tracing::warn!("portal not started: the hold store is unavailable");
+    }
+    // The gateway keeps relaying without the admin pages; held mail waits for them.
+    if let Err(error) = start_admin(&config, Arc::clone(&tls), admin_hold_store).await {
+        tracing::error!(%error, "admin pages not started");
     }
     let context = Arc::new(InboundContext::new(
         Arc::clone(&config),
@@ -367,6 +406,39 @@ async fn start_portal(
     let address = listener.local_addr().unwrap_or(address);
     tracing::info!(%address, tls = config.portal.tls, "portal listening");
     tokio::spawn(portal::serve_portal(listener, context));
+    Ok(())
+}
+
+/// Starts the admin pages on `admin.listen`, with the inbound TLS certificate when
+/// `admin.tls` is set.
+async fn start_admin(
+    config: &Arc<Config>,
+    tls: Arc<rustls::ServerConfig>,
+    hold_store: Option<HoldStore>,
+) -> Result<(), String> {
+    let address = config.admin.listen;
+    sealgate::admin::web::check_listen_address(address, config.admin.tls)?;
+    let acceptor = config
+        .admin
+        .tls
+        .then(|| tokio_rustls::TlsAcceptor::from(tls));
+    let context = sealgate::admin::web::AdminContext::new(
+        Arc::clone(config),
+        certificate_source(config)?,
+        hold_store,
+        acceptor,
+    )?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("failed to listen on {address} for the admin pages: {error}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| format!("failed to read the admin address: {error}"))?;
+    tracing::info!(address = %bound, tls = config.admin.tls, "admin pages listening");
+    tokio::spawn(sealgate::admin::web::serve_admin(
+        listener,
+        Arc::new(context),
+    ));
     Ok(())
 }
 
@@ -749,14 +821,24 @@ fn explain(
     let config = load_config(config_path)?;
     let message = std::fs::read(message_path)
         .map_err(|error| format!("failed to read {}: {error}", message_path.display()))?;
-    let classifier = Classifier::new(&config.policy.classify).map_err(|error| error.to_string())?;
-    let certificates = certificate_source(&config)?;
-    let classification = classifier.classify(&message);
-
     println!("message: {}", message_path.display());
     if let Some(from) = from {
         println!("from: {}", display_address(from));
     }
+    print_explanation(&config, &message, recipients, None)
+}
+
+/// Prints the classification of `message`, with `release` applied when given, and the
+/// route and reason of each recipient.
+fn print_explanation(
+    config: &Config,
+    message: &[u8],
+    recipients: &[String],
+    release: Option<ReleaseMode>,
+) -> Result<(), String> {
+    let classifier = Classifier::new(&config.policy.classify).map_err(|error| error.to_string())?;
+    let certificates = certificate_source(config)?;
+    let classification = review::apply_release(classifier.classify(message), release);
     match classification.action {
         Some(action) => println!("classification: sensitive, action {action}"),
         None => println!("classification: not sensitive"),
@@ -764,7 +846,7 @@ fn explain(
     for rule in &classification.matches {
         println!("  rule: {rule}");
     }
-    if classify::strip_subject_tags(&message, &config.policy.classify).is_some() {
+    if classify::strip_subject_tags(message, &config.policy.classify).is_some() {
         println!("  the subject tag is removed before delivery");
     }
     let router = Router::new(&config.policy);
@@ -790,26 +872,8 @@ fn certificate_source(config: &Config) -> Result<Arc<dyn CertificateSource>, Str
 }
 
 fn hash_password() -> Result<(), String> {
-    use argon2::password_hash::PasswordHasher;
-
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("password: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .map_err(|error| format!("failed to read the password: {error}"))?;
-    let password = line.trim_end_matches(['\r', '\n']);
-    if password.is_empty() {
-        return Err("empty password".into());
-    }
-    let hash = argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map_err(|error| format!("failed to hash the password: {error}"))?;
-    println!("{hash}");
+    let password = cli::read_password(false)?;
+    println!("{}", sealgate::admin::hash_password(&password)?);
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::{Fault, ServerScript, SmtpServer, SmtpSink, StartTlsMode, TestPki, free_tcp_port};
 use gateway::{Gateway, base_config, config_with_lifetime};
-use mail_send::SmtpClientBuilder;
 
 /// Builds a static route for `domain` to a loopback port.
 fn route_to(domain: &str, port: u16) -> String {
@@ -44,29 +43,7 @@ fn trust_test_ca(pki: &TestPki, dir: &std::path::Path) -> String {
 
 /// Sends one message with mail-send and returns the queue id from the `250` reply.
 async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: String) -> String {
-    let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
-        .expect("builder for a loopback address")
-        .implicit_tls(false)
-        .helo_host("staff-mta.clinic.example.org")
-        .timeout(Duration::from_secs(30))
-        .connect_plain()
-        .await
-        .expect("connect to the gateway");
-    let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
-    let reply = client
-        .send(message)
-        .await
-        .expect("gateway accepted the message");
-    assert_eq!(reply.code(), 250);
-    let text = reply.message().to_string();
-    let id = text
-        .rsplit(' ')
-        .next()
-        .expect("250 reply names the queue id")
-        .to_string();
-    assert_eq!(id.len(), 16, "queue id in {text:?}");
-    let _ = client.quit().await;
-    id
+    gateway::send(gateway, from, to, &body).await
 }
 
 fn message_with_marker(marker: &str) -> String {

@@ -1,16 +1,16 @@
 //! The portal served over TLS by sealgate itself, with the development certificate.
 
+mod https;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use sealgate::keys;
 use sealgate::portal::{
     MemoryHeldMessages, PortalContext, PortalSettings, SendLimits, serve_portal,
 };
 use sealgate::queue::Spool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 #[tokio::test]
@@ -40,27 +40,7 @@ async fn portal_serves_https_with_hsts() {
     let context = PortalContext::new(settings, store, spool, Some(acceptor));
     let server = tokio::spawn(serve_portal(listener, Arc::new(context)));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&certificate).expect("certificate PEM"))
-        .expect("trust the development certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = TcpStream::connect(address).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
-    stream
-        .write_all(b"GET /m/unknown HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let text = https::get_lowercase(address, &certificate, "/m/unknown").await;
 
     assert!(text.starts_with("http/1.1 404"), "{text}");
     assert!(

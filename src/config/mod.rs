@@ -49,6 +49,46 @@ pub struct Config {
     pub dkim: Vec<DkimKeyConfig>,
     /// Addresses and report destinations for the records `sealgate dns records` prints.
     pub dns_records: DnsRecordsConfig,
+    /// Administrator sign-in and review rules.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: administrator accounts and the review queue.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A release from review needs a second, different administrator to approve it.
+    /// Default: false.
+    pub four_eyes: bool,
+    /// Failed sign-ins in a row after which an account is locked. Default: 5.
+    pub max_failed_logins: u32,
+    /// How long a locked account stays locked. Default: `15m`.
+    pub lockout: ConfigDuration,
+    /// Address of the admin pages, separate from the portal. Default: `127.0.0.1:8444`.
+    pub listen: std::net::SocketAddr,
+    /// sealgate terminates TLS for the admin pages with the inbound certificate. Plain
+    /// HTTP is allowed only on a loopback address. Default: true.
+    pub tls: bool,
+    /// URL that browsers use for the admin pages, such as `https://admin.example.nhs.uk`,
+    /// whose origin form posts must come from. Without it, posts must come from the
+    /// loopback address the browser connected to.
+    pub base_url: String,
+    /// How long a sign-in lasts. Default: `15m`.
+    pub session_lifetime: ConfigDuration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            four_eyes: false,
+            max_failed_logins: 5,
+            lockout: ConfigDuration::secs(15 * 60),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8444)),
+            tls: true,
+            base_url: String::new(),
+            session_lifetime: ConfigDuration::secs(15 * 60),
+        }
+    }
 }
 
 /// `[server]`: identity and file locations.

@@ -38,6 +38,32 @@ impl Config {
             );
         }
 
+        if self.admin.max_failed_logins == 0 {
+            return invalid(
+                "admin.max_failed_logins".into(),
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+        let admin = &self.admin;
+        if !admin.tls && !admin.listen.ip().is_loopback() {
+            return invalid(
+                "admin.listen".into(),
+                quote(&admin.listen.to_string()),
+                "plain HTTP is only allowed on a loopback address; set admin.tls = true or \
+                 listen on 127.0.0.1 behind a TLS reverse proxy",
+            );
+        }
+        let admin_url_valid =
+            crate::store::is_web_url(&admin.base_url) && !admin.base_url.ends_with('/');
+        if !admin.base_url.is_empty() && !admin_url_valid {
+            return invalid(
+                "admin.base_url".into(),
+                quote(&admin.base_url),
+                "expected an https:// or http:// URL without a trailing slash",
+            );
+        }
+
         let inbound = &self.inbound;
         if inbound.listen.is_empty() {
             return invalid(
@@ -452,6 +478,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("server.postmaster"), "{error}");
+    }
+
+    #[test]
+    fn admin_settings_are_checked() {
+        let plain = parse("[admin]\nlisten = \"0.0.0.0:8444\"\ntls = false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("admin.listen = \"0.0.0.0:8444\""), "{plain}");
+        parse("[admin]\nlisten = \"0.0.0.0:8444\"\ntls = true\n").unwrap();
+        let url = parse("[admin]\nbase_url = \"admin.example/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("admin.base_url"), "{url}");
+        let zero = parse("[admin]\nmax_failed_logins = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("admin.max_failed_logins = 0"), "{zero}");
+        let config = parse("[admin]\nfour_eyes = true\n").unwrap();
+        assert!(config.admin.four_eyes);
+        assert_eq!(config.admin.max_failed_logins, 5);
     }
 
     #[test]

@@ -443,7 +443,7 @@ fn locked_out(context: &PortalContext, link: &HeldLink) -> PortalError {
     }
 }
 
-fn download(content_type: &'static str, disposition: &str, bytes: Vec<u8>) -> Response {
+pub(crate) fn download(content_type: &'static str, disposition: &str, bytes: Vec<u8>) -> Response {
     let mut response = bytes.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -465,20 +465,25 @@ fn download(content_type: &'static str, disposition: &str, bytes: Vec<u8>) -> Re
 /// the portal's own form posts. `null` therefore passes only together with
 /// `Sec-Fetch-Site: same-origin`, a header that pages cannot set.
 fn check_origin(context: &PortalContext, headers: &HeaderMap) -> Result<(), PortalError> {
+    if same_origin(context.settings.origin(), headers) {
+        Ok(())
+    } else {
+        Err(PortalError::Forbidden)
+    }
+}
+
+/// Returns whether a request may come from a page of `expected_origin`; the rules are
+/// those of [`check_origin`]. The admin pages use it too.
+pub(crate) fn same_origin(expected_origin: &str, headers: &HeaderMap) -> bool {
     let same_origin_fetch = match headers.get("sec-fetch-site") {
-        Some(site) if site.as_bytes() != b"same-origin" => return Err(PortalError::Forbidden),
+        Some(site) if site.as_bytes() != b"same-origin" => return false,
         Some(_) => true,
         None => false,
     };
-    let expected = context.settings.origin().as_bytes();
-    for origin in headers.get_all(header::ORIGIN) {
-        let allowed =
-            origin.as_bytes() == expected || (origin.as_bytes() == b"null" && same_origin_fetch);
-        if !allowed {
-            return Err(PortalError::Forbidden);
-        }
-    }
-    Ok(())
+    let expected = expected_origin.as_bytes();
+    headers.get_all(header::ORIGIN).iter().all(|origin| {
+        origin.as_bytes() == expected || (origin.as_bytes() == b"null" && same_origin_fetch)
+    })
 }
 
 /// Checks a form sent before sign-in against the double-submit CSRF cookie.
@@ -525,18 +530,29 @@ fn set_cookie(
     value: &str,
     max_age: Option<u64>,
 ) -> HeaderValue {
+    cookie_header(name, value, max_age, context.settings.https())
+}
+
+/// Builds a `Set-Cookie` value that is `HttpOnly`, `SameSite=Strict` and, with `secure`,
+/// `Secure`.
+pub(crate) fn cookie_header(
+    name: &str,
+    value: &str,
+    max_age: Option<u64>,
+    secure: bool,
+) -> HeaderValue {
     let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
     if let Some(seconds) = max_age {
         cookie.push_str(&format!("; Max-Age={seconds}"));
     }
-    if context.settings.https() {
+    if secure {
         cookie.push_str("; Secure");
     }
     HeaderValue::from_str(&cookie)
         .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

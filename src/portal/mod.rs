@@ -12,18 +12,19 @@
 //! [`PortalError`] is turned into a status code and a plain page in one place and never
 //! shows internal error text.
 //!
-//! The admin pages (review, audit) are not part of this module yet.
+//! The admin pages (review, audit) are in [`crate::admin::web`] and reuse the security
+//! headers, origin check, cookies and TLS serving from here.
 
 mod backend;
 pub mod download;
-mod handlers;
+pub(crate) mod handlers;
 mod hold;
-mod message;
+pub mod message;
 pub mod passcode;
 mod reply;
 pub mod sanitize;
-mod session;
-mod templates;
+pub mod session;
+pub(crate) mod templates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,12 +121,17 @@ impl PortalSettings {
 
     /// Returns the origin (`scheme://host[:port]`) of `base_url`.
     pub fn origin(&self) -> &str {
-        let after_scheme = self.base_url.find("://").map_or(0, |at| at + 3);
-        let end = self.base_url[after_scheme..]
-            .find('/')
-            .map_or(self.base_url.len(), |at| after_scheme + at);
-        &self.base_url[..end]
+        origin_of(&self.base_url)
     }
+}
+
+/// Returns the origin (`scheme://host[:port]`) of a URL without its path.
+pub(crate) fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |at| after_scheme + at);
+    &url[..end]
 }
 
 /// Checks that the portal may listen on `address`: plain HTTP only on a loopback address
@@ -212,7 +218,7 @@ pub fn router(context: Arc<PortalContext>) -> Router {
         .with_state(context)
 }
 
-async fn add_security_headers(mut response: Response, https: bool) -> Response {
+pub(crate) async fn add_security_headers(mut response: Response, https: bool) -> Response {
     let headers = response.headers_mut();
     let fixed = [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
@@ -255,7 +261,7 @@ pub async fn serve_portal(listener: TcpListener, context: Arc<PortalContext>) {
     }
 }
 
-async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
+pub(crate) async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -1,5 +1,5 @@
-//! Server-side sessions after a correct passcode, and the random values behind cookies and
-//! CSRF tokens.
+//! Server-side sessions after a correct passcode (and, with another value type, after an
+//! administrator's sign-in), and the random values behind cookies and CSRF tokens.
 //!
 //! Sessions live in memory only, so a restart signs every recipient out and they enter a
 //! new passcode.
@@ -39,52 +39,58 @@ pub struct Session {
     pub held_id: String,
     /// Token that every form of the session must send back.
     pub csrf: String,
-    expires_at: Instant,
 }
 
-/// The session table.
-pub struct Sessions {
+/// The session table: values of type `T` under random ids, each ending `lifetime` after
+/// it was created. The admin pages keep their own `T` in it.
+pub struct Sessions<T = Session> {
     lifetime: Duration,
-    table: Mutex<HashMap<String, Session>>,
+    table: Mutex<HashMap<String, (T, Instant)>>,
 }
 
-impl Sessions {
+impl Sessions<Session> {
+    /// Signs a recipient in for `held_id` and returns the session id and the session.
+    pub fn create(&self, held_id: &str) -> (String, Session) {
+        let session = Session {
+            held_id: held_id.to_string(),
+            csrf: random_token(),
+        };
+        (self.insert(session.clone()), session)
+    }
+}
+
+impl<T: Clone> Sessions<T> {
     /// Creates an empty table whose sessions end `lifetime` after sign-in.
-    pub fn new(lifetime: Duration) -> Sessions {
+    pub fn new(lifetime: Duration) -> Sessions<T> {
         Sessions {
             lifetime,
             table: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Signs a recipient in for `held_id` and returns the session id and the session.
-    pub fn create(&self, held_id: &str) -> (String, Session) {
+    /// Stores `value` under a new random id and returns the id.
+    pub fn insert(&self, value: T) -> String {
         let now = Instant::now();
-        let session = Session {
-            held_id: held_id.to_string(),
-            csrf: random_token(),
-            expires_at: now + self.lifetime,
-        };
         let id = random_token();
         let mut table = self.lock();
-        table.retain(|_, session| session.expires_at > now);
+        table.retain(|_, (_, expires_at)| *expires_at > now);
         if table.len() >= MAX_SESSIONS
             && let Some(oldest) = table
                 .iter()
-                .min_by_key(|(_, session)| session.expires_at)
+                .min_by_key(|(_, (_, expires_at))| *expires_at)
                 .map(|(id, _)| id.clone())
         {
             table.remove(&oldest);
         }
-        table.insert(id.clone(), session.clone());
-        (id, session)
+        table.insert(id.clone(), (value, now + self.lifetime));
+        id
     }
 
     /// Returns the live session with this id.
-    pub fn get(&self, id: &str) -> Option<Session> {
+    pub fn get(&self, id: &str) -> Option<T> {
         let mut table = self.lock();
         match table.get(id) {
-            Some(session) if session.expires_at > Instant::now() => Some(session.clone()),
+            Some((value, expires_at)) if *expires_at > Instant::now() => Some(value.clone()),
             Some(_) => {
                 table.remove(id);
                 None
@@ -103,7 +109,7 @@ impl Sessions {
         self.lifetime
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (T, Instant)>> {
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -15,7 +15,7 @@ use super::store::{
     AttemptRecord, MessageSummary, RecipientRow, RecipientState, Store, now_millis,
 };
 use super::{QueueError, Spool};
-use crate::audit::AuditLog;
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::delivery::{
     AttemptReport, DeliveryJob, DeliveryStatus, Failure, RecipientResult, Stage, TlsOutcome,
@@ -30,6 +30,7 @@ use crate::store::HoldStore;
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
 use super::portal::PortalHold;
+use super::review::{self, AuditNote};
 
 /// Recipients claimed per scan at most.
 const CLAIM_BATCH: usize = 200;
@@ -52,6 +53,7 @@ pub struct QueueManager {
     smime: Option<SmimeEncryption>,
     portal: Option<PortalHold>,
     dkim: Arc<MessageSigner>,
+    audit: AuditLog,
     wake: Arc<Notify>,
 }
 
@@ -96,7 +98,10 @@ impl QueueManager {
             .map_err(|error| QueueError::Setup(error.to_string()))?;
         let dkim =
             MessageSigner::load(&config).map_err(|error| QueueError::Setup(error.to_string()))?;
+        let audit = AuditLog::open(&config)
+            .map_err(|error| QueueError::Setup(format!("audit log: {error}")))?;
         Ok(QueueManager {
+            audit,
             dkim: Arc::new(dkim),
             router: Router::new(&config.policy),
             classifier: Arc::new(classifier),
@@ -231,6 +236,7 @@ impl QueueManager {
             // classifying it (its link could look like a sensitive pattern) would send it
             // to the portal again.
             let is_notification = summary.is_notification;
+            let release = summary.review_release;
             let classified = tokio::task::spawn_blocking(move || {
                 if is_notification {
                     return (classify::Classification::default(), None);
@@ -245,14 +251,23 @@ impl QueueManager {
                 tracing::error!(queue_id = %id, "classification task failed; message left unrouted");
                 continue;
             };
+            let classification = review::apply_release(classification, release);
             let plan = self.router.plan_classified(
                 &addresses,
                 &classification,
                 self.certificates.as_ref(),
             );
             let mut routes = Vec::new();
+            let mut notes = Vec::new();
             for group in plan.groups {
-                for recipient in group.recipients {
+                for mut recipient in group.recipients {
+                    if let Some(mode) = release {
+                        recipient.reason = format!(
+                            "{}; released from review ({})",
+                            recipient.reason,
+                            mode.as_str()
+                        );
+                    }
                     tracing::info!(
                         target: MAIL_LOG,
                         "{id}: to={}, route={}, reason=\"{}\"",
@@ -260,6 +275,16 @@ impl QueueManager {
                         group.route,
                         quoted_reason(Some(&recipient.reason))
                     );
+                    notes.push(AuditNote {
+                        event: AuditEvent::Routed,
+                        actor: "policy",
+                        outcome: group.route.as_str().to_string(),
+                        detail: format!(
+                            "to={}; {}",
+                            display_address(&recipient.address),
+                            recipient.reason
+                        ),
+                    });
                     routes.push((recipient.address, group.route, recipient.reason));
                 }
             }
@@ -272,7 +297,9 @@ impl QueueManager {
                 .await
             {
                 tracing::error!(queue_id = %id, %error, "failed to store routes");
+                continue;
             }
+            review::record_notes(&self.audit, &id, notes).await;
         }
     }
 
@@ -362,6 +389,7 @@ impl QueueManager {
         let row_of = |address: &str| rows.iter().find(|row| row.address == address);
 
         let mut updates = Vec::new();
+        let mut notes = Vec::new();
         for result in &report.results {
             let mut status_code = result.status.dsn_code();
             let mut expired = false;
@@ -411,6 +439,16 @@ impl QueueManager {
                 quoted_reason(row_of(&result.recipient).and_then(|row| row.reason.as_deref())),
                 escape(&detail)
             );
+            notes.push(AuditNote {
+                event: AuditEvent::Delivery,
+                actor: "delivery",
+                outcome: if fallback { "moved-to-portal" } else { word }.to_string(),
+                detail: format!(
+                    "to={}; route={route}; relay={}; tls={tls}; status={status_code}",
+                    display_address(&result.recipient),
+                    escape_field(&relay)
+                ),
+            });
             let record = AttemptRecord {
                 status: status_code,
                 relay: report.relay.clone(),
@@ -460,6 +498,7 @@ impl QueueManager {
             tracing::error!(queue_id = %id, %error, "failed to record delivery results");
             return;
         }
+        review::record_notes(&self.audit, &id, notes).await;
         for address in &moved {
             tracing::info!(
                 target: MAIL_LOG,

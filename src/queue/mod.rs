@@ -4,6 +4,7 @@
 pub mod dsn;
 mod manager;
 mod portal;
+pub mod review;
 mod spool;
 pub mod store;
 

@@ -121,6 +121,8 @@ pub struct MessageSummary {
     /// The message is a portal notification or sender receipt sealgate wrote, which is
     /// routed without classification.
     pub is_notification: bool,
+    /// Set when an administrator released the message from review, for its next routing.
+    pub review_release: Option<super::review::ReleaseMode>,
 }
 
 /// The last result of an attempt, stored per recipient.
@@ -138,7 +140,7 @@ pub struct AttemptRecord {
 
 /// One open connection to the queue database.
 pub struct Store {
-    connection: Connection,
+    pub(super) connection: Connection,
 }
 
 impl Store {
@@ -165,7 +167,9 @@ impl Store {
         connection.pragma_update(None, "secure_delete", "ON")?;
         connection.execute_batch(SCHEMA)?;
         add_notification_column(&connection)?;
-        Ok(Store { connection })
+        let store = Store { connection };
+        store.add_review_schema()?;
+        Ok(store)
     }
 
     /// Inserts accepted messages in one transaction; the commit is the fsync that the
@@ -293,7 +297,7 @@ impl Store {
     pub fn message(&self, id: &QueueId) -> Result<Option<MessageSummary>, QueueError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn,
-                    notification
+                    notification, review_release
              FROM messages WHERE id = ?1",
         )?;
         Ok(statement
@@ -550,7 +554,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<MessageSummary>, QueueError> {
         let mut statement = self.connection.prepare(
             "SELECT id, sender, received_at, routed_at, size, body_8bit, smtputf8, client, is_dsn,
-                    notification
+                    notification, review_release
              FROM messages ORDER BY received_at",
         )?;
         let rows = statement.query_map([], summary_from_row)?;
@@ -585,6 +589,10 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageSummary>
         client: row.get(7)?,
         is_dsn: row.get(8)?,
         is_notification: row.get(9)?,
+        review_release: row
+            .get::<_, Option<String>>(10)?
+            .as_deref()
+            .and_then(super::review::ReleaseMode::parse),
     })
 }
 
@@ -642,6 +650,13 @@ fn add_notification_column(connection: &Connection) -> Result<(), QueueError> {
         )?;
     }
     Ok(())
+}
+
+/// Escapes `\\`, `%` and `_` for a `LIKE` pattern with `ESCAPE '\\'`.
+pub(crate) fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn collect_ids(

@@ -249,7 +249,7 @@ fn is_https_url(text: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && is_url_text(rest))
 }
 
-fn is_web_url(text: &str) -> bool {
+pub(crate) fn is_web_url(text: &str) -> bool {
     let rest = text
         .strip_prefix("https://")
         .or_else(|| text.strip_prefix("http://"));

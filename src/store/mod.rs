@@ -23,6 +23,7 @@ use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+pub(crate) use config::is_web_url;
 pub use config::{PortalConfig, StoreConfig};
 pub use master::{create_master_key, ensure_master_key, key_path};
 
@@ -463,19 +464,26 @@ impl HoldStore {
     /// [`StoreError::NotFound`], [`StoreError::Database`].
     pub fn revoke(&self, id: &HeldId) -> Result<bool, StoreError> {
         let connection = self.lock();
-        let exists: Option<String> = connection
-            .query_row(
-                "SELECT state FROM held_messages WHERE id = ?1",
-                [id.as_str()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(id.clone()));
-        }
+        require_record(&connection, id)?;
         let updated = connection.execute(
             &format!("UPDATE held_messages SET state = 'revoked', {WIPE} WHERE id = ?1 AND state = 'active'"),
             [id.as_str()],
+        )?;
+        Ok(updated > 0)
+    }
+
+    /// Moves the expiry of an active message to `expires_at` (Unix milliseconds); returns
+    /// false when the message is no longer active.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] for an unknown id, [`StoreError::Database`].
+    pub fn extend(&self, id: &HeldId, expires_at: i64) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        require_record(&connection, id)?;
+        let updated = connection.execute(
+            "UPDATE held_messages SET expires_at = ?2 WHERE id = ?1 AND state = 'active'",
+            params![id.as_str(), expires_at],
         )?;
         Ok(updated > 0)
     }
@@ -673,6 +681,21 @@ pub(crate) fn open_database(config: &Config) -> Result<Connection, StoreError> {
     // Deleted content is overwritten in the file rather than left in free pages.
     connection.pragma_update(None, "secure_delete", "ON")?;
     Ok(connection)
+}
+
+/// Fails with [`StoreError::NotFound`] unless a record with this id exists.
+fn require_record(connection: &Connection, id: &HeldId) -> Result<(), StoreError> {
+    let exists: Option<String> = connection
+        .query_row(
+            "SELECT state FROM held_messages WHERE id = ?1",
+            [id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(id.clone())),
+    }
 }
 
 /// The columns that expiry and revocation clear.

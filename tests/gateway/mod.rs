@@ -4,10 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ pub struct Gateway {
     child: Child,
     /// The SMTP listener's address.
     pub smtp: SocketAddr,
+    /// The admin pages' address, when they started.
+    pub admin: Option<SocketAddr>,
     /// Folder with `sealgate.toml`, `data/` and `keys/`.
     pub dir: PathBuf,
     log: Arc<(Mutex<String>, Condvar)>,
@@ -38,6 +40,12 @@ impl Gateway {
             config.replacen("[portal]\n", "[portal]\nlisten = \"127.0.0.1:0\"\n", 1)
         } else {
             format!("{config}\n[portal]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        // So do the admin pages, over plain HTTP on loopback unless a test sets more.
+        let config = if config.contains("[admin]\n") {
+            config.replacen("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n", 1)
+        } else {
+            format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\ntls = false\n")
         };
         std::fs::write(&config_path, config).unwrap();
 
@@ -69,6 +77,7 @@ impl Gateway {
         let mut gateway = Gateway {
             child,
             smtp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
             dir: dir.to_owned(),
             log,
         };
@@ -80,6 +89,15 @@ impl Gateway {
             .find_map(|field| field.strip_prefix("address="))
             .expect("listener line names its address");
         gateway.smtp = address.parse().unwrap();
+        gateway.admin = gateway
+            .log()
+            .lines()
+            .find(|line| line.contains("admin pages listening"))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))
+                    .and_then(|address| address.parse().ok())
+            });
         gateway
     }
 
@@ -130,6 +148,29 @@ impl Gateway {
     /// Runs `sealgate queue ...` against this gateway's config and returns stdout.
     pub fn queue_command(&self, args: &[&str]) -> String {
         self.command("queue", args)
+    }
+
+    /// Runs `sealgate <command> ...` against this gateway's config with `stdin` as its
+    /// standard input, and returns the whole output, failed or not.
+    pub fn command_output(&self, command: &str, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+            .arg(command)
+            .arg("--config")
+            .arg(self.dir.join("sealgate.toml"))
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// Runs `sealgate <command> ...` against this gateway's config and returns stdout.
@@ -212,7 +253,10 @@ pub async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> S
         .send(message)
         .await
         .expect("gateway accepted the message");
+    assert_eq!(reply.code(), 250);
     let text = reply.message().to_string();
     let _ = client.quit().await;
-    text.rsplit(' ').next().unwrap().to_string()
+    let id = text.rsplit(' ').next().unwrap().to_string();
+    assert_eq!(id.len(), 16, "queue id in {text:?}");
+    id
 }
