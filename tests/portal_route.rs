@@ -5,12 +5,10 @@
 mod common;
 mod gateway;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{ServerScript, SmtpServer};
-use gateway::{Gateway, base_config};
-use mail_send::SmtpClientBuilder;
+use gateway::{Gateway, base_config, send};
 
 const SAMPLE: &str = include_str!("fixtures/samples/02-results-to-patient.eml");
 
@@ -24,27 +22,6 @@ const CONTENT: [&str; 6] = [
     "Haemoglobin",
     "SGFlbW9nbG9iaW4",
 ];
-
-/// Sends one message with mail-send and returns the queue id from the `250` reply.
-async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
-    let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
-        .expect("builder for a loopback address")
-        .implicit_tls(false)
-        .helo_host("staff-mta.clinic.example.org")
-        .timeout(Duration::from_secs(30))
-        .connect_plain()
-        .await
-        .expect("connect to the gateway");
-    let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
-    let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
-    let reply = client
-        .send(message)
-        .await
-        .expect("gateway accepted the message");
-    let text = reply.message().to_string();
-    let _ = client.quit().await;
-    text.rsplit(' ').next().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensitive_mail_is_held_and_only_notified() {

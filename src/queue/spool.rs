@@ -10,6 +10,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::QueueError;
 use super::store::Store;
 use crate::envelope::{AcceptedMessage, QueueId};
+use crate::store::MasterKeys;
 
 /// Messages per transaction at most, so one commit never holds up the first waiter for long.
 const MAX_BATCH_MESSAGES: usize = 256;
@@ -32,14 +33,19 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens the database and starts the writer thread. `committed` is notified after each
-    /// commit, so the queue manager routes new mail without waiting for its next scan.
+    /// Opens the database and starts the writer thread, which encrypts each body with
+    /// `keys` before it is written. `committed` is notified after each commit, so the queue
+    /// manager routes new mail without waiting for its next scan.
     ///
     /// # Errors
     ///
     /// As for [`Store::open`].
-    pub fn start(database: &Path, committed: Arc<Notify>) -> Result<Spool, QueueError> {
-        let store = Store::open(database)?;
+    pub fn start(
+        database: &Path,
+        keys: Arc<MasterKeys>,
+        committed: Arc<Notify>,
+    ) -> Result<Spool, QueueError> {
+        let store = Store::open(database, keys)?;
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("spool-writer".into())

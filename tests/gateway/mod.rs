@@ -29,6 +29,8 @@ impl Gateway {
         if !dir.join("keys/tls.crt").exists() {
             write_self_signed(&dir.join("keys"));
         }
+        // Queued bodies are encrypted, so the gateway does not start without a master key.
+        sealgate::store::ensure_master_key(&dir.join("keys")).unwrap();
         let config_path = dir.join("sealgate.toml");
         // The portal listens on port 0 as well, so parallel gateways do not compete for
         // its default port.
@@ -153,6 +155,28 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends one message over SMTP (mail-send, no TLS) with CRLF line endings and returns the
+/// queue id from the `250` reply.
+pub async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
+        .expect("builder for a loopback address")
+        .implicit_tls(false)
+        .helo_host("staff-mta.clinic.example.org")
+        .timeout(Duration::from_secs(30))
+        .connect_plain()
+        .await
+        .expect("connect to the gateway");
+    let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
+    let message = mail_send::smtp::message::Message::new(from, to.to_vec(), body.into_bytes());
+    let reply = client
+        .send(message)
+        .await
+        .expect("gateway accepted the message");
+    let text = reply.message().to_string();
+    let _ = client.quit().await;
+    text.rsplit(' ').next().unwrap().to_string()
 }
 
 /// Writes a self-signed `tls.crt` and `tls.key` for `localhost` into `keys`.
