@@ -13,7 +13,7 @@ use sealgate::config::Config;
 use sealgate::portal::{PortalContext, PortalSettings, SendLimits, StoreBackend, serve_portal};
 use sealgate::queue::Spool;
 use sealgate::queue::store::Store;
-use sealgate::store::{self as hold, HeldEnvelope, HoldStore};
+use sealgate::store::{self as hold, HeldEnvelope, HoldStore, MasterKeys};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -268,8 +268,8 @@ fn test_message(attachment: &[u8]) -> Vec<u8> {
 }
 
 /// Messages in the queue, as (sender, recipients, body).
-fn queued(database: &Path) -> Vec<(String, Vec<String>, String)> {
-    let store = Store::open(database).expect("queue database");
+fn queued(database: &Path, keys: &Arc<MasterKeys>) -> Vec<(String, Vec<String>, String)> {
+    let store = Store::open(database, Arc::clone(keys)).expect("queue database");
     let mut messages = Vec::new();
     for summary in store.list().expect("list") {
         let body = store.body(&summary.id).unwrap().expect("stored body");
@@ -318,7 +318,13 @@ async fn browser_collects_message_and_replies() {
     hold::ensure_master_key(&config.server.keys_dir).expect("master key");
     let hold_store = HoldStore::open(&config).expect("hold store");
     let audit = AuditLog::open(&config).expect("audit log");
-    let spool = Spool::start(&config.database_path(), Arc::new(Notify::new())).expect("spool");
+    let keys = Arc::new(MasterKeys::load(&config.server.keys_dir, None).expect("master keys"));
+    let spool = Spool::start(
+        &config.database_path(),
+        Arc::clone(&keys),
+        Arc::new(Notify::new()),
+    )
+    .expect("spool");
 
     let attachment: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     let envelope = HeldEnvelope {
@@ -355,11 +361,11 @@ async fn browser_collects_message_and_replies() {
     // Opening the link shows a page and sends nothing.
     browser.go(&format!("{base_url}/m/{}", held.token)).await;
     browser.wait_for_heading("You have a secure message").await;
-    assert!(queued(&database).is_empty());
+    assert!(queued(&database, &keys).is_empty());
 
     browser.click("button[type=submit]").await;
     browser.wait_for_heading("Enter your passcode").await;
-    let mails = queued(&database);
+    let mails = queued(&database, &keys);
     assert_eq!(mails.len(), 1);
     let (_, recipients, body) = &mails[0];
     assert_eq!(recipients, &[RECIPIENT.to_string()]);
@@ -393,7 +399,7 @@ async fn browser_collects_message_and_replies() {
     browser.click("form[action$='/reply'] button").await;
     browser.wait_for_heading("Your reply has been sent").await;
 
-    let mails = queued(&database);
+    let mails = queued(&database, &keys);
     assert_eq!(mails.len(), 2);
     let (sender, recipients, reply) = mails
         .iter()
