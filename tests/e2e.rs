@@ -13,13 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Fault, ServerScript, SmtpServer, SmtpSink, StartTlsMode, TestPki, free_tcp_port};
-use gateway::{Gateway, base_config, config_with_lifetime};
+use gateway::{Gateway, base_config, config_with_lifetime, route_to};
 use mail_send::SmtpClientBuilder;
-
-/// Builds a static route for `domain` to a loopback port.
-fn route_to(domain: &str, port: u16) -> String {
-    format!("[[delivery.routes]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1\"\nport = {port}\n")
-}
 
 /// Builds a static route whose certificate must be valid for `tls_name`.
 fn verified_route_to(domain: &str, port: u16, tls_name: &str) -> String {
