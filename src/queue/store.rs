@@ -194,10 +194,28 @@ impl Store {
         &mut self,
         messages: &[(QueueId, &AcceptedMessage, bool)],
     ) -> Result<(), QueueError> {
+        let sealed: Vec<SealedBody> = messages
+            .iter()
+            .map(|(id, message, _)| SealedBody::seal(&self.keys, id, &message.body))
+            .collect();
+        let rows: Vec<_> = messages
+            .iter()
+            .zip(&sealed)
+            .map(|((id, message, is_dsn), sealed)| (id.clone(), *message, sealed, *is_dsn))
+            .collect();
+        self.insert_sealed(&rows)
+    }
+
+    /// As [`Store::insert_messages`], with each body already sealed by
+    /// [`SealedBody::seal`], so that the encryption can run before the writer's turn.
+    pub fn insert_sealed(
+        &mut self,
+        messages: &[(QueueId, &AcceptedMessage, &SealedBody, bool)],
+    ) -> Result<(), QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        for (id, message, is_dsn) in messages {
-            insert_message(&transaction, &self.keys, id, message, *is_dsn, false, now)?;
+        for (id, message, sealed, is_dsn) in messages {
+            insert_message(&transaction, id, message, sealed, *is_dsn, false, now)?;
         }
         transaction.commit()?;
         Ok(())
@@ -567,11 +585,12 @@ impl Store {
             return Ok(false);
         }
         for (notification_id, message) in notifications {
+            let sealed = SealedBody::seal(&self.keys, notification_id, &message.body);
             insert_message(
                 &transaction,
-                &self.keys,
                 notification_id,
                 message,
+                &sealed,
                 false,
                 true,
                 now,
@@ -694,12 +713,26 @@ fn body_record(id: &str) -> String {
     format!("queue:{id}")
 }
 
+/// A message body encrypted for the queue database, with the id of its master key.
+pub struct SealedBody {
+    key_id: u32,
+    blob: Vec<u8>,
+}
+
+impl SealedBody {
+    /// Encrypts `body` for the message with queue id `id`.
+    pub fn seal(keys: &MasterKeys, id: &QueueId, body: &[u8]) -> SealedBody {
+        let (key_id, blob) = seal_body(keys, id.as_str(), body);
+        SealedBody { key_id, blob }
+    }
+}
+
 /// Inserts one message and its recipients, all `incoming`.
 fn insert_message(
     connection: &Connection,
-    keys: &MasterKeys,
     id: &QueueId,
     message: &AcceptedMessage,
+    sealed: &SealedBody,
     is_dsn: bool,
     notification: bool,
     now: i64,
@@ -713,7 +746,6 @@ fn insert_message(
         "INSERT INTO recipients (message_id, position, address, state, next_attempt)
          VALUES (?1, ?2, ?3, 'incoming', ?4)",
     )?;
-    let (key_id, sealed) = seal_body(keys, id.as_str(), &message.body);
     let client = format!(
         "{}[{}]:{}",
         message.client.helo,
@@ -730,8 +762,8 @@ fn insert_message(
         client,
         message.client.auth_user,
         is_dsn,
-        sealed,
-        key_id,
+        sealed.blob,
+        sealed.key_id,
         notification,
     ])?;
     for (position, address) in message.recipients.iter().enumerate() {
