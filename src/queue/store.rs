@@ -925,6 +925,40 @@ mod tests {
     }
 
     #[test]
+    fn bodies_survive_key_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let keys_dir = dir.path().join("keys");
+        let old_id = QueueId::generate();
+        let old_body = message_body(b"before-rotation");
+        {
+            let mut store = Store::open(&path, test_master_keys(&keys_dir)).expect("store");
+            store
+                .insert_messages(&[(old_id.clone(), &accepted(&old_body), false)])
+                .expect("insert");
+        }
+        crate::store::create_master_key(&keys_dir).expect("second master key");
+        let keys = Arc::new(MasterKeys::load(&keys_dir, None).expect("both keys"));
+        let mut store = Store::open(&path, keys).expect("reopen");
+        let new_id = QueueId::generate();
+        let new_body = message_body(b"after-rotation");
+        store
+            .insert_messages(&[(new_id.clone(), &accepted(&new_body), false)])
+            .expect("insert");
+        assert_eq!(store.body(&old_id).expect("old body"), Some(old_body));
+        assert_eq!(store.body(&new_id).expect("new body"), Some(new_body));
+        let key_ids: Vec<u32> = store
+            .connection
+            .prepare("SELECT body_key_id FROM messages ORDER BY body_key_id")
+            .expect("select")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(key_ids, [1, 2]);
+    }
+
+    #[test]
     fn body_needs_its_master_key() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("queue.sqlite");
