@@ -286,7 +286,7 @@ fn serve(config_path: Option<&Path>) -> Result<(), String> {
         if let Some(path) =
             hold::ensure_master_key(&config.server.keys_dir).map_err(|error| error.to_string())?
         {
-            tracing::warn!(path = %path.display(), "created a hold store master key");
+            tracing::warn!(path = %path.display(), "created a store master key");
         }
     }
 
@@ -303,9 +303,15 @@ async fn run_gateway(config: Arc<Config>) -> Result<(), String> {
     .map_err(|error| error.to_string())?;
     let courier = SmtpCourier::with_policy_database(&config).map_err(|error| error.to_string())?;
 
+    // Queued bodies are encrypted at rest, so without a master key nothing is accepted.
+    let master_keys = load_master_keys(&config)?;
     let committed = Arc::new(Notify::new());
-    let spool = Spool::start(&config.database_path(), Arc::clone(&committed))
-        .map_err(|error| error.to_string())?;
+    let spool = Spool::start(
+        &config.database_path(),
+        Arc::clone(&master_keys),
+        Arc::clone(&committed),
+    )
+    .map_err(|error| error.to_string())?;
     let smime = Smime::new(&config).map_err(|error| error.to_string())?;
     let certificates = CertificateDirectory::load(&config).map_err(|error| error.to_string())?;
     let manager = QueueManager::new(
@@ -388,7 +394,12 @@ async fn start_portal(
     audit: AuditLog,
 ) -> Result<(), String> {
     let address = config.portal.listen;
-    portal::check_listen_address(address, config.portal.tls, false)?;
+    portal::check_listen_address(
+        address,
+        config.portal.tls,
+        config.portal.dangerous_allow_plain_http,
+    )
+    .map_err(|reason| format!("portal.listen = \"{address}\": {reason}"))?;
     let acceptor = config
         .portal
         .tls
@@ -525,9 +536,12 @@ fn init(dir: &Path) -> Result<(), String> {
         println!("kept existing keys in {}", keys_dir.display());
     }
     match hold::ensure_master_key(&keys_dir).map_err(|error| error.to_string())? {
-        Some(path) => println!("wrote a hold store master key to {}", path.display()),
+        Some(path) => println!(
+            "wrote a store master key (encrypts queued and held mail) to {}",
+            path.display()
+        ),
         None => println!(
-            "kept existing hold store master key(s) in {}",
+            "kept existing store master key(s) in {}",
             keys_dir.display()
         ),
     }
@@ -551,7 +565,13 @@ fn open_store(config_path: Option<&Path>) -> Result<Store, String> {
             path.display()
         ));
     }
-    Store::open(&path).map_err(|error| error.to_string())
+    Store::open(&path, load_master_keys(&config)?).map_err(|error| error.to_string())
+}
+
+fn load_master_keys(config: &Config) -> Result<Arc<hold::MasterKeys>, String> {
+    hold::MasterKeys::load(&config.server.keys_dir, config.store.master_key_id)
+        .map(Arc::new)
+        .map_err(|error| error.to_string())
 }
 
 fn parse_id(text: &str) -> Result<QueueId, String> {
@@ -660,8 +680,12 @@ fn tlsrpt(config_path: Option<&Path>, action: TlsrptAction) -> Result<(), String
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|error| format!("failed to start the async runtime: {error}"))?;
     runtime.block_on(async {
-        let spool = Spool::start(&config.database_path(), Arc::new(Notify::new()))
-            .map_err(|error| error.to_string())?;
+        let spool = Spool::start(
+            &config.database_path(),
+            load_master_keys(&config)?,
+            Arc::new(Notify::new()),
+        )
+        .map_err(|error| error.to_string())?;
         let queued = delivery::tlsrpt::queue_reports(&config, &spool, true).await?;
         for (domain, id) in &queued {
             println!("{domain}: queued as {id}");

@@ -19,6 +19,8 @@ async fn admin_serves_https_with_secure_cookies() {
     let tls = keys::load_server_tls(&certificate, &dir.path().join("tls.key")).expect("TLS");
     let mut config = Config::development();
     config.server.data_dir = dir.path().join("data");
+    config.server.keys_dir = dir.path().to_path_buf();
+    sealgate::store::ensure_master_key(dir.path()).expect("master key");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let context = AdminContext::new(
         Arc::new(config),

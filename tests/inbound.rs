@@ -16,6 +16,7 @@ use sealgate::inbound::{InboundContext, serve};
 use sealgate::keys::load_server_tls;
 use sealgate::queue::Spool;
 use sealgate::queue::store::{MessageSummary, Store};
+use sealgate::store::MasterKeys;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -36,6 +37,7 @@ struct Server {
     address: SocketAddr,
     folder: tempfile::TempDir,
     database: PathBuf,
+    keys: Arc<MasterKeys>,
     certificate_pem: String,
 }
 
@@ -73,7 +75,9 @@ impl Server {
         )
         .unwrap();
         let database = config.database_path();
-        let spool = Spool::start(&database, Arc::new(Notify::new())).unwrap();
+        sealgate::store::ensure_master_key(&config.server.keys_dir).unwrap();
+        let keys = Arc::new(MasterKeys::load(&config.server.keys_dir, None).unwrap());
+        let spool = Spool::start(&database, Arc::clone(&keys), Arc::new(Notify::new())).unwrap();
         let context = InboundContext::new(Arc::new(config), Some(TlsAcceptor::from(tls)), spool)
             .with_auth_failure_delay(AUTH_DELAY);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -84,22 +88,27 @@ impl Server {
             address,
             folder,
             database,
+            keys,
             certificate_pem,
         }
     }
 
     fn messages(&self) -> Vec<MessageSummary> {
-        Store::open(&self.database).unwrap().list().unwrap()
+        self.store().list().unwrap()
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.database, Arc::clone(&self.keys)).unwrap()
     }
 
     fn recipients(&self, message: &MessageSummary) -> Vec<String> {
-        let store = Store::open(&self.database).unwrap();
+        let store = self.store();
         let rows = store.recipients(&message.id).unwrap();
         rows.into_iter().map(|row| row.address).collect()
     }
 
     fn body(&self, message: &MessageSummary) -> String {
-        let store = Store::open(&self.database).unwrap();
+        let store = self.store();
         String::from_utf8(store.body(&message.id).unwrap().unwrap()).unwrap()
     }
 

@@ -8,7 +8,7 @@ mod gateway;
 use std::time::Duration;
 
 use common::{ServerScript, SmtpServer};
-use gateway::{Gateway, base_config, send};
+use gateway::{Gateway, base_config, link_token, plain_portal, route_to, send};
 
 const SAMPLE: &str = include_str!("fixtures/samples/02-results-to-patient.eml");
 
@@ -151,4 +151,175 @@ async fn sensitive_mail_is_held_and_only_notified() {
     assert!(revoked.contains("revoked"), "{revoked}");
     let listed = gateway.command("held", &["list"]);
     assert!(listed.contains("revoked"), "{listed}");
+}
+
+/// A response from the portal.
+struct PortalResponse {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Sends one HTTP/1.1 request to the portal on `127.0.0.1:port`. POSTs carry the portal's
+/// `Origin` and `form` as a URL-encoded body.
+async fn portal_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> PortalResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the portal");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Origin: http://127.0.0.1:{port}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        ));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    request.push_str(form);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    PortalResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Opens the link page and returns the CSRF cookie's value, which the forms send back.
+async fn csrf_cookie(port: u16, token: &str) -> String {
+    let page = portal_request(port, "GET", &format!("/m/{token}"), None, "").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.head
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: sealgate-csrf="))
+        .or_else(|| {
+            page.head
+                .lines()
+                .find_map(|line| line.strip_prefix("Set-Cookie: sealgate-csrf="))
+        })
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_else(|| panic!("no CSRF cookie in {}", page.head))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passcode_lockout_survives_restart() {
+    common::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = SmtpServer::start(ServerScript::default()).await;
+    let port = common::free_tcp_port();
+    let config = base_config(
+        dir.path(),
+        &format!(
+            "{}{}",
+            plain_portal(
+                port,
+                "max_passcode_attempts = 2\nlockout_cooldown = \"1h\"\n\
+                 passcode_resend_interval = \"1s\""
+            ),
+            route_to("mailbox.example", receiver.port())
+        ),
+    );
+    let mut gateway = Gateway::start(dir.path(), &config);
+    send(
+        gateway.smtp,
+        "ada.lovell@clinic.example.org",
+        &["sam.patient@mailbox.example"],
+        SAMPLE,
+    )
+    .await;
+    let notification = receiver.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(notification.len(), 1, "log:\n{}", gateway.log());
+    let text = String::from_utf8_lossy(&notification[0].data).replace("=\r\n", "");
+    let token = link_token(&text, &format!("http://127.0.0.1:{port}"));
+
+    let csrf = csrf_cookie(port, &token).await;
+    let cookie = format!("sealgate-csrf={csrf}");
+    let form = format!("csrf={csrf}");
+    let sent = portal_request(
+        port,
+        "POST",
+        &format!("/m/{token}/passcode"),
+        Some(&cookie),
+        &form,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let mails = receiver.wait_for_messages(2, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 2, "no passcode mail; log:\n{}", gateway.log());
+    let passcode_mail = String::from_utf8_lossy(&mails[1].data).into_owned();
+    let passcode = regex::Regex::new(r"Your passcode is (\d{6})")
+        .unwrap()
+        .captures(&passcode_mail)
+        .expect("passcode in the mail")[1]
+        .to_string();
+    let wrong = if passcode == "111111" {
+        "222222"
+    } else {
+        "111111"
+    };
+
+    let verify = format!("/m/{token}/verify");
+    let guess = format!("csrf={csrf}&passcode={wrong}");
+    let first = portal_request(port, "POST", &verify, Some(&cookie), &guess).await;
+    assert_eq!(first.status, 400, "{}", first.body);
+    let second = portal_request(port, "POST", &verify, Some(&cookie), &guess).await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    // Even the right passcode no longer opens the message.
+    let right = format!("csrf={csrf}&passcode={passcode}");
+    let after = portal_request(port, "POST", &verify, Some(&cookie), &right).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert!(after.body.contains("no valid passcode"), "{}", after.body);
+
+    gateway.kill9();
+    let gateway = Gateway::start(dir.path(), &config);
+    let csrf = csrf_cookie(port, &token).await;
+    let cookie = format!("sealgate-csrf={csrf}");
+    let resend = portal_request(
+        port,
+        "POST",
+        &format!("/m/{token}/passcode"),
+        Some(&cookie),
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(resend.status, 429, "{}", resend.body);
+    let retry_after: u64 = resend
+        .head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Retry-After in {}", resend.head));
+    assert!(
+        retry_after > 3000 && retry_after <= 3600,
+        "Retry-After: {retry_after}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.messages().len(),
+        2,
+        "a passcode was mailed after the restart; log:\n{}",
+        gateway.log()
+    );
 }

@@ -19,7 +19,9 @@ async fn portal_serves_https_with_hsts() {
     keys::create_development_keys(dir.path(), "localhost").expect("development keys");
     let certificate = dir.path().join("tls.crt");
     let tls = keys::load_server_tls(&certificate, &dir.path().join("tls.key")).expect("TLS");
-    let spool = Spool::start(&dir.path().join("queue.db"), Arc::new(Notify::new())).unwrap();
+    sealgate::store::ensure_master_key(dir.path()).unwrap();
+    let keys = Arc::new(sealgate::store::MasterKeys::load(dir.path(), None).unwrap());
+    let spool = Spool::start(&dir.path().join("queue.db"), keys, Arc::new(Notify::new())).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

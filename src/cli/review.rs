@@ -105,7 +105,8 @@ impl FilterArgs {
 
 pub fn run(config: &Config, action: ReviewAction) -> Result<(), String> {
     super::require_database(config)?;
-    let mut store = Store::open(&config.database_path()).map_err(|error| error.to_string())?;
+    let mut store = Store::open(&config.database_path(), crate::load_master_keys(config)?)
+        .map_err(|error| error.to_string())?;
     let audit = AuditLog::open(config).map_err(|error| error.to_string())?;
     let accounts = Accounts::open(config).map_err(|error| error.to_string())?;
     let account = |name: &str| {

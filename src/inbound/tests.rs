@@ -13,6 +13,7 @@ use super::{InboundContext, run_session};
 use crate::config::{Config, ConfigDuration};
 use crate::queue::Spool;
 use crate::queue::store::{MessageSummary, Store};
+use crate::store::{MasterKeys, test_master_keys};
 
 /// Time allowed for any one reply; a hang fails the test instead of blocking it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,6 +21,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 struct Client {
     _folder: tempfile::TempDir,
     database: PathBuf,
+    keys: Arc<MasterKeys>,
     stream: BufReader<DuplexStream>,
 }
 
@@ -32,7 +34,8 @@ impl Client {
         let folder = tempfile::tempdir().unwrap();
         config.server.data_dir = folder.path().to_owned();
         let database = config.database_path();
-        let spool = Spool::start(&database, Arc::new(Notify::new())).unwrap();
+        let keys = test_master_keys(&folder.path().join("keys"));
+        let spool = Spool::start(&database, Arc::clone(&keys), Arc::new(Notify::new())).unwrap();
         let context = InboundContext::new(Arc::new(config), None, spool);
         let (client, server) = tokio::io::duplex(1 << 16);
         let peer: SocketAddr = peer.parse().unwrap();
@@ -41,6 +44,7 @@ impl Client {
         let mut client = Client {
             _folder: folder,
             database,
+            keys,
             stream: BufReader::new(client),
         };
         let greeting = client.reply().await;
@@ -102,7 +106,11 @@ impl Client {
     }
 
     fn messages(&self) -> Vec<MessageSummary> {
-        Store::open(&self.database).unwrap().list().unwrap()
+        self.store().list().unwrap()
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.database, Arc::clone(&self.keys)).unwrap()
     }
 }
 
@@ -138,7 +146,7 @@ async fn accepted_message_is_stored_with_received_header() {
     assert_eq!(messages[0].client, "client.example.org[127.0.0.1]:40000");
     assert!(!messages[0].body_8bit);
 
-    let store = Store::open(&client.database).unwrap();
+    let store = client.store();
     let body = store.body(&messages[0].id).unwrap().unwrap();
     let body = String::from_utf8(body).unwrap();
     assert!(
@@ -169,7 +177,7 @@ async fn received_header_omits_for_with_two_recipients() {
         .expect("Subject: two\r\n\r\nx\r\n.", "250 2.0.0")
         .await;
 
-    let store = Store::open(&client.database).unwrap();
+    let store = client.store();
     let id = client.messages()[0].id.clone();
     let body = String::from_utf8(store.body(&id).unwrap().unwrap()).unwrap();
     assert!(!body.contains("for <"), "{body}");
@@ -215,7 +223,7 @@ async fn helo_gets_plain_reply_and_smtp_protocol() {
     client.expect("DATA", "354").await;
     client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
 
-    let store = Store::open(&client.database).unwrap();
+    let store = client.store();
     let id = client.messages()[0].id.clone();
     let body = String::from_utf8(store.body(&id).unwrap().unwrap()).unwrap();
     assert!(body.contains(" with SMTP id "), "{body}");
@@ -530,7 +538,7 @@ async fn duplicate_recipient_is_stored_once() {
     client.expect("DATA", "354").await;
     client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
 
-    let store = Store::open(&client.database).unwrap();
+    let store = client.store();
     let id = client.messages()[0].id.clone();
     let recipients = store.recipients(&id).unwrap();
     let addresses: Vec<&str> = recipients.iter().map(|row| row.address.as_str()).collect();
@@ -732,7 +740,7 @@ async fn postmaster_recipient_is_configured_postmaster() {
     client.expect("DATA", "354").await;
     client.expect("Subject: x\r\n\r\nx\r\n.", "250 2.0.0").await;
 
-    let store = Store::open(&client.database).unwrap();
+    let store = client.store();
     let id = client.messages()[0].id.clone();
     let recipients = store.recipients(&id).unwrap();
     let addresses: Vec<&str> = recipients.iter().map(|row| row.address.as_str()).collect();

@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use super::passcode::{SendHistory, SendLimits, record_send};
 
 /// A hold-store operation that failed; the text goes to the log, never to the browser.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +70,8 @@ pub enum AuditEvent {
     ReplySent,
 }
 
-/// Hold-store operations used by the portal. Calls are short and synchronous.
-// NOTE: handlers call these on the async runtime's threads. Local SQLite calls are usually
-// quick, but a slow disk stalls the other requests on that thread.
+/// Hold-store operations used by the portal. Calls are synchronous and may block on disk
+/// and decryption, so the handlers make them on tokio's blocking thread pool.
 pub trait HeldMessages: Send + Sync {
     /// Looks up the message that a link token names.
     ///
@@ -86,12 +88,19 @@ pub trait HeldMessages: Send + Sync {
     fn open_message(&self, id: &str) -> Result<Option<HeldContent>, BackendError>;
 
     /// Replaces the passcode hash, set at `now` (Unix milliseconds), and resets the failure
-    /// count.
+    /// count, when `limits` and the stored send history allow another passcode mail.
+    /// Returns the wait otherwise. Check and update are one step.
     ///
     /// # Errors
     ///
     /// [`BackendError`] when the store cannot be written.
-    fn set_passcode(&self, id: &str, hash: &[u8], now: i64) -> Result<(), BackendError>;
+    fn set_passcode_within(
+        &self,
+        id: &str,
+        hash: &[u8],
+        now: i64,
+        limits: &SendLimits,
+    ) -> Result<Result<(), Duration>, BackendError>;
 
     /// Returns the outstanding passcode, if any.
     ///
@@ -107,12 +116,20 @@ pub trait HeldMessages: Send + Sync {
     /// [`BackendError`] when the store cannot be written.
     fn record_passcode_failure(&self, id: &str) -> Result<u32, BackendError>;
 
-    /// Removes the passcode, after a success or a lockout.
+    /// Removes the passcode, after a success or once it expired.
     ///
     /// # Errors
     ///
     /// [`BackendError`] when the store cannot be written.
     fn clear_passcode(&self, id: &str) -> Result<(), BackendError>;
+
+    /// Removes the passcode after too many wrong entries and stores the lockout time
+    /// `now`, from which the cool-down counts.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError`] when the store cannot be written.
+    fn lock_out(&self, id: &str, now: i64) -> Result<(), BackendError>;
 
     /// Records an access in the audit log. Failures are logged by the implementation.
     fn audit(&self, link: &HeldLink, event: AuditEvent);
@@ -130,6 +147,7 @@ struct MemoryState {
     links: HashMap<String, LinkStatus>,
     messages: HashMap<String, HeldContent>,
     passcodes: HashMap<String, PasscodeRecord>,
+    histories: HashMap<String, SendHistory>,
     audit: Vec<(String, AuditEvent)>,
 }
 
@@ -146,6 +164,16 @@ impl MemoryHeldMessages {
     /// Makes `token` lead to `status`, for example [`LinkStatus::Revoked`].
     pub fn set_status(&self, token: &str, status: LinkStatus) {
         self.lock().links.insert(token.to_string(), status);
+    }
+
+    /// Replaces the passcode without checking any limit, as a test that backdates one needs.
+    pub fn set_passcode(&self, id: &str, hash: &[u8], now: i64) {
+        let record = PasscodeRecord {
+            hash: hash.to_vec(),
+            created_at: now,
+            failures: 0,
+        };
+        self.lock().passcodes.insert(id.to_string(), record);
     }
 
     /// Returns the audit events recorded so far, with the message id.
@@ -170,14 +198,27 @@ impl HeldMessages for MemoryHeldMessages {
         Ok(self.lock().messages.get(id).cloned())
     }
 
-    fn set_passcode(&self, id: &str, hash: &[u8], now: i64) -> Result<(), BackendError> {
+    fn set_passcode_within(
+        &self,
+        id: &str,
+        hash: &[u8],
+        now: i64,
+        limits: &SendLimits,
+    ) -> Result<Result<(), Duration>, BackendError> {
+        let mut state = self.lock();
+        let history = state.histories.get(id).copied().unwrap_or_default();
+        let history = match record_send(limits, &history, now) {
+            Ok(history) => history,
+            Err(wait) => return Ok(Err(wait)),
+        };
+        state.histories.insert(id.to_string(), history);
         let record = PasscodeRecord {
             hash: hash.to_vec(),
             created_at: now,
             failures: 0,
         };
-        self.lock().passcodes.insert(id.to_string(), record);
-        Ok(())
+        state.passcodes.insert(id.to_string(), record);
+        Ok(Ok(()))
     }
 
     fn passcode_state(&self, id: &str) -> Result<Option<PasscodeRecord>, BackendError> {
@@ -196,6 +237,13 @@ impl HeldMessages for MemoryHeldMessages {
 
     fn clear_passcode(&self, id: &str) -> Result<(), BackendError> {
         self.lock().passcodes.remove(id);
+        Ok(())
+    }
+
+    fn lock_out(&self, id: &str, now: i64) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        state.passcodes.remove(id);
+        state.histories.entry(id.to_string()).or_default().locked_at = Some(now);
         Ok(())
     }
 

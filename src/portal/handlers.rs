@@ -47,7 +47,7 @@ pub async fn link_page(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
-    let link = active_link(&context, &token)?;
+    let link = active_link(&context, &token).await?;
     let (csrf, new_cookie) = match cookie(&headers, csrf_cookie_name(&context)) {
         Some(value) if value.len() == 43 => (value.to_string(), None),
         _ => {
@@ -76,19 +76,20 @@ pub async fn send_passcode(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, PortalError> {
-    let link = active_link(&context, &token)?;
+    let link = active_link(&context, &token).await?;
     let Form(form) = form.map_err(|_| PortalError::BadRequest)?;
     check_pre_session_csrf(&context, &headers, &form.csrf)?;
 
-    context
-        .limiter
-        .try_send(&link.id)
-        .map_err(|retry_after| PortalError::TooManyRequests { retry_after })?;
     let settings = &context.settings;
     let code = passcode::generate(settings.passcode_digits);
     let hash = passcode::hash(&context.passcode_key, &link.id, &link.recipient, &code);
     let lifetime = settings.passcode_lifetime;
-    context.store.set_passcode(&link.id, &hash, now_millis())?;
+    let limits = settings.send_limits;
+    let id = link.id.clone();
+    context
+        .with_store(move |store| store.set_passcode_within(&id, &hash, now_millis(), &limits))
+        .await?
+        .map_err(|retry_after| PortalError::TooManyRequests { retry_after })?;
     let mail = build_passcode_mail(
         &settings.passcode_sender,
         &settings.organisation,
@@ -98,7 +99,7 @@ pub async fn send_passcode(
     )
     .map_err(|error| PortalError::Internal(format!("failed to build passcode mail: {error}")))?;
     let queue_id = context.spool.submit(mail).await?;
-    context.store.audit(&link, AuditEvent::PasscodeSent);
+    context.audit(&link, AuditEvent::PasscodeSent).await;
     tracing::info!(held_id = %link.id, %queue_id, "passcode mail submitted");
 
     Ok(passcode_page(&context, &token, &link, &form.csrf, None))
@@ -111,13 +112,17 @@ pub async fn verify_passcode(
     headers: HeaderMap,
     form: Result<Form<PasscodeForm>, FormRejection>,
 ) -> Result<Response, PortalError> {
-    let link = active_link(&context, &token)?;
+    let link = active_link(&context, &token).await?;
     let Form(form) = form.map_err(|_| PortalError::BadRequest)?;
     check_pre_session_csrf(&context, &headers, &form.csrf)?;
     let settings = &context.settings;
     let no_passcode = "There is no valid passcode for this message. Ask for a new one.";
 
-    let Some(record) = context.store.passcode_state(&link.id)? else {
+    let id = link.id.clone();
+    let state = context
+        .with_store(move |store| store.passcode_state(&id))
+        .await?;
+    let Some(record) = state else {
         return Ok(passcode_page(
             &context,
             &token,
@@ -127,12 +132,11 @@ pub async fn verify_passcode(
         ));
     };
     if record.failures >= settings.max_passcode_attempts {
-        context.store.clear_passcode(&link.id)?;
-        return Err(locked_out(&context, &link));
+        return Err(locked_out(&context, &link).await);
     }
     let lifetime = i64::try_from(settings.passcode_lifetime.as_millis()).unwrap_or(i64::MAX);
     if now_millis() >= record.created_at.saturating_add(lifetime) {
-        context.store.clear_passcode(&link.id)?;
+        clear_passcode(&context, &link).await?;
         let expired = "This passcode has expired. Ask for a new one.";
         return Ok(passcode_page(
             &context,
@@ -147,7 +151,7 @@ pub async fn verify_passcode(
         .map(|code| passcode::hash(&context.passcode_key, &link.id, &link.recipient, &code))
         .is_some_and(|hash| constant_time_eq(&hash, &record.hash));
     if correct {
-        context.store.clear_passcode(&link.id)?;
+        clear_passcode(&context, &link).await?;
         let (session_id, _) = context.sessions.create(&link.id);
         let lifetime = context.sessions.lifetime();
         let cookie = set_cookie(
@@ -163,12 +167,14 @@ pub async fn verify_passcode(
         return Ok(response);
     }
 
-    let failures = context.store.record_passcode_failure(&link.id)?;
-    context.store.audit(&link, AuditEvent::PasscodeFailed);
+    let id = link.id.clone();
+    let failures = context
+        .with_store(move |store| store.record_passcode_failure(&id))
+        .await?;
+    context.audit(&link, AuditEvent::PasscodeFailed).await;
     tracing::info!(held_id = %link.id, failures, "wrong passcode");
     if failures >= settings.max_passcode_attempts {
-        context.store.clear_passcode(&link.id)?;
-        return Err(locked_out(&context, &link));
+        return Err(locked_out(&context, &link).await);
     }
     let left = settings.max_passcode_attempts - failures;
     let problem = format!(
@@ -186,11 +192,11 @@ pub async fn message_page(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
-    let (link, session) = signed_in(&context, &token, &headers)?;
-    let raw = held_bytes(&context, &link)?;
+    let (link, session) = signed_in(&context, &token, &headers).await?;
+    let raw = held_bytes(&context, &link).await?;
     let message = parse_view(&raw)
         .ok_or_else(|| PortalError::Internal(format!("held message {} is unparsable", link.id)))?;
-    context.store.audit(&link, AuditEvent::Opened);
+    context.audit(&link, AuditEvent::Opened).await;
     let page = MessagePage {
         organisation: &context.settings.organisation,
         token: &token,
@@ -208,10 +214,10 @@ pub async fn download_attachment(
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
     let Path((token, index)) = path.map_err(|_| PortalError::BadRequest)?;
-    let (link, _) = signed_in(&context, &token, &headers)?;
-    let raw = held_bytes(&context, &link)?;
+    let (link, _) = signed_in(&context, &token, &headers).await?;
+    let raw = held_bytes(&context, &link).await?;
     let file = attachment(&raw, index).ok_or(PortalError::UnknownLink)?;
-    context.store.audit(&link, AuditEvent::AttachmentDownloaded);
+    context.audit(&link, AuditEvent::AttachmentDownloaded).await;
     Ok(download(
         safe_content_type(&file.content_type),
         &content_disposition(file.name.as_deref()),
@@ -225,9 +231,9 @@ pub async fn download_original(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
-    let (link, _) = signed_in(&context, &token, &headers)?;
-    let raw = held_bytes(&context, &link)?;
-    context.store.audit(&link, AuditEvent::AttachmentDownloaded);
+    let (link, _) = signed_in(&context, &token, &headers).await?;
+    let raw = held_bytes(&context, &link).await?;
+    context.audit(&link, AuditEvent::AttachmentDownloaded).await;
     Ok(download(
         "application/octet-stream",
         &content_disposition(Some("message.eml")),
@@ -242,7 +248,7 @@ pub async fn send_reply(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, PortalError> {
-    let (link, session) = signed_in(&context, &token, &headers)?;
+    let (link, session) = signed_in(&context, &token, &headers).await?;
     check_origin(&context, &headers)?;
     let mut multipart = multipart.map_err(|_| PortalError::Forbidden)?;
     let form = read_reply_form(&mut multipart).await?;
@@ -251,9 +257,10 @@ pub async fn send_reply(
         return Err(PortalError::BadRequest);
     }
 
+    let id = link.id.clone();
     let content = context
-        .store
-        .open_message(&link.id)?
+        .with_store(move |store| store.open_message(&id))
+        .await?
         .ok_or(PortalError::Expired)?;
     if content.sender.is_empty() {
         return Err(PortalError::BadRequest);
@@ -269,7 +276,7 @@ pub async fn send_reply(
     })
     .map_err(|error| PortalError::Internal(format!("failed to build reply: {error}")))?;
     let queue_id = context.spool.submit(reply).await?;
-    context.store.audit(&link, AuditEvent::ReplySent);
+    context.audit(&link, AuditEvent::ReplySent).await;
     tracing::info!(held_id = %link.id, %queue_id, "portal reply submitted");
 
     let page = RepliedPage {
@@ -287,7 +294,7 @@ pub async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, PortalError> {
-    let (_, session) = signed_in(&context, &token, &headers)?;
+    let (_, session) = signed_in(&context, &token, &headers).await?;
     check_origin(&context, &headers)?;
     let Form(form) = form.map_err(|_| PortalError::BadRequest)?;
     check_session_csrf(&session, &form.csrf)?;
@@ -376,7 +383,7 @@ fn is_mime_type(text: &str) -> bool {
         .is_some_and(|(kind, subtype)| token(kind) && token(subtype))
 }
 
-fn active_link(context: &PortalContext, token: &str) -> Result<HeldLink, PortalError> {
+async fn active_link(context: &PortalContext, token: &str) -> Result<HeldLink, PortalError> {
     let well_formed = !token.is_empty()
         && token.len() <= MAX_TOKEN_LENGTH
         && token
@@ -385,7 +392,11 @@ fn active_link(context: &PortalContext, token: &str) -> Result<HeldLink, PortalE
     if !well_formed {
         return Err(PortalError::UnknownLink);
     }
-    match context.store.find_by_token(token)? {
+    let token = token.to_string();
+    let status = context
+        .with_store(move |store| store.find_by_token(&token))
+        .await?;
+    match status {
         LinkStatus::Active(link) => Ok(link),
         LinkStatus::Expired => Err(PortalError::Expired),
         LinkStatus::Revoked => Err(PortalError::Revoked),
@@ -393,12 +404,12 @@ fn active_link(context: &PortalContext, token: &str) -> Result<HeldLink, PortalE
     }
 }
 
-fn signed_in(
+async fn signed_in(
     context: &PortalContext,
     token: &str,
     headers: &HeaderMap,
 ) -> Result<(HeldLink, Session), PortalError> {
-    let link = active_link(context, token)?;
+    let link = active_link(context, token).await?;
     let session = cookie(headers, session_cookie_name(context))
         .and_then(|id| context.sessions.get(id))
         .filter(|session| session.held_id == link.id)
@@ -408,12 +419,20 @@ fn signed_in(
     Ok((link, session))
 }
 
-fn held_bytes(context: &PortalContext, link: &HeldLink) -> Result<Vec<u8>, PortalError> {
+async fn held_bytes(context: &PortalContext, link: &HeldLink) -> Result<Vec<u8>, PortalError> {
+    let id = link.id.clone();
     let content = context
-        .store
-        .open_message(&link.id)?
+        .with_store(move |store| store.open_message(&id))
+        .await?
         .ok_or(PortalError::Expired)?;
     Ok(content.raw)
+}
+
+async fn clear_passcode(context: &PortalContext, link: &HeldLink) -> Result<(), PortalError> {
+    let id = link.id.clone();
+    context
+        .with_store(move |store| store.clear_passcode(&id))
+        .await
 }
 
 fn passcode_page(
@@ -435,8 +454,17 @@ fn passcode_page(
     render(StatusCode::OK, &page)
 }
 
-fn locked_out(context: &PortalContext, link: &HeldLink) -> PortalError {
-    context.limiter.lock_out(&link.id);
+/// Clears the passcode, stores the lockout and returns the `429` error with the cool-down
+/// as its wait. A failure to store the lockout is returned instead, so the
+/// request fails either way.
+async fn locked_out(context: &PortalContext, link: &HeldLink) -> PortalError {
+    let id = link.id.clone();
+    let stored = context
+        .with_store(move |store| store.lock_out(&id, now_millis()))
+        .await;
+    if let Err(error) = stored {
+        return error;
+    }
     tracing::warn!(held_id = %link.id, "too many wrong passcodes; passcode cleared");
     PortalError::TooManyRequests {
         retry_after: context.settings.send_limits.lockout_cooldown,

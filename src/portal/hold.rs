@@ -1,8 +1,11 @@
 //! [`HeldMessages`] backed by the real hold store and audit log.
 
+use std::time::Duration;
+
 use super::backend::{
     AuditEvent, BackendError, HeldContent, HeldLink, HeldMessages, LinkStatus, PasscodeRecord,
 };
+use super::passcode::{SendLimits, record_send};
 use crate::audit::{self, AuditLog};
 use crate::store::{HeldId, HeldState, HoldStore, StoreError};
 
@@ -58,9 +61,17 @@ impl HeldMessages for StoreBackend {
         }
     }
 
-    fn set_passcode(&self, id: &str, hash: &[u8], now: i64) -> Result<(), BackendError> {
+    fn set_passcode_within(
+        &self,
+        id: &str,
+        hash: &[u8],
+        now: i64,
+        limits: &SendLimits,
+    ) -> Result<Result<(), Duration>, BackendError> {
         self.store
-            .set_passcode(&held_id(id)?, hash, now)
+            .set_passcode_within(&held_id(id)?, hash, now, |history| {
+                record_send(limits, history, now)
+            })
             .map_err(failed)
     }
 
@@ -83,6 +94,10 @@ impl HeldMessages for StoreBackend {
 
     fn clear_passcode(&self, id: &str) -> Result<(), BackendError> {
         self.store.clear_passcode(&held_id(id)?).map_err(failed)
+    }
+
+    fn lock_out(&self, id: &str, now: i64) -> Result<(), BackendError> {
+        self.store.lock_out(&held_id(id)?, now).map_err(failed)
     }
 
     fn audit(&self, link: &HeldLink, event: AuditEvent) {

@@ -47,7 +47,6 @@ pub use passcode::SendLimits;
 
 use crate::config::Config;
 use crate::queue::Spool;
-use passcode::SendLimiter;
 use session::Sessions;
 
 /// Time a client may take for the TLS handshake before the connection is dropped.
@@ -106,7 +105,12 @@ impl PortalSettings {
             passcode_lifetime: portal.passcode_lifetime.0,
             max_passcode_attempts: portal.max_passcode_attempts,
             session_lifetime: portal.session_lifetime.0,
-            send_limits: SendLimits::default(),
+            send_limits: SendLimits {
+                resend_interval: portal.passcode_resend_interval.0,
+                max_per_window: portal.max_passcode_sends,
+                window: portal.passcode_send_window.0,
+                lockout_cooldown: portal.lockout_cooldown.0,
+            },
             max_reply_size: usize::try_from(config.inbound.max_message_size.0)
                 .unwrap_or(usize::MAX),
             tls: portal.tls,
@@ -139,19 +143,20 @@ pub(crate) fn origin_of(url: &str) -> &str {
 ///
 /// # Errors
 ///
-/// A message naming the address, when the combination is not allowed.
+/// The reason, when the combination is not allowed.
 pub fn check_listen_address(
     address: SocketAddr,
     tls: bool,
     dangerous_allow_plain_http: bool,
-) -> Result<(), String> {
+) -> Result<(), &'static str> {
     if tls || address.ip().is_loopback() || dangerous_allow_plain_http {
         return Ok(());
     }
-    Err(format!(
-        "portal.listen = \"{address}\": plain HTTP is only allowed on a loopback address; \
-         configure portal.tls or listen on 127.0.0.1 behind a TLS reverse proxy"
-    ))
+    Err(
+        "plain HTTP is only allowed on a loopback address; set portal.tls = true, listen \
+         on 127.0.0.1 behind a TLS reverse proxy, or set \
+         portal.dangerous_allow_plain_http = true",
+    )
 }
 
 /// Shared state of the portal: settings, hold store, spool, sessions and limits.
@@ -161,7 +166,6 @@ pub struct PortalContext {
     spool: Spool,
     tls: Option<TlsAcceptor>,
     sessions: Sessions,
-    limiter: SendLimiter,
     /// Random key of this process for passcode hashes, so they cannot be reversed offline.
     passcode_key: [u8; 32],
 }
@@ -180,12 +184,39 @@ impl PortalContext {
         };
         PortalContext {
             sessions: Sessions::new(settings.session_lifetime),
-            limiter: SendLimiter::new(settings.send_limits),
             settings,
             store,
             spool,
             tls,
             passcode_key: rand::random(),
+        }
+    }
+
+    /// Runs `call` on the store in tokio's blocking thread pool, because SQLite and
+    /// AES-GCM work on an async thread would stall the other requests on it.
+    async fn with_store<T, F>(&self, call: F) -> Result<T, PortalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn HeldMessages) -> Result<T, BackendError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .map_err(|error| PortalError::Internal(format!("hold store task failed: {error}")))?
+            .map_err(PortalError::from)
+    }
+
+    /// Records an access in the audit log, off the async threads.
+    async fn audit(&self, link: &HeldLink, event: AuditEvent) {
+        let link = link.clone();
+        let recorded = self
+            .with_store(move |store| {
+                store.audit(&link, event);
+                Ok(())
+            })
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(%error, ?event, "audit entry not written");
         }
     }
 }

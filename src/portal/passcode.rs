@@ -1,12 +1,12 @@
 //! One-time passcodes: drawing them, hashing them for the store, and limiting how often a
 //! new one may be mailed.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
+
+pub use crate::store::SendHistory;
 
 /// Minimum digits in a passcode. Shorter settings are raised to it.
 pub const MIN_DIGITS: u8 = 6;
@@ -54,8 +54,8 @@ pub struct SendLimits {
     /// Minimum time between two passcode mails.
     pub resend_interval: Duration,
     /// Passcode mails allowed within `window`.
-    pub max_per_window: usize,
-    /// Period over which `max_per_window` counts.
+    pub max_per_window: u32,
+    /// Period over which `max_per_window` counts, from the first mail of the period.
     pub window: Duration,
     /// Wait after too many wrong passcodes before a new passcode may be mailed.
     pub lockout_cooldown: Duration,
@@ -74,72 +74,43 @@ impl Default for SendLimits {
     }
 }
 
-/// Remembers when passcodes were mailed and when a message was locked, per held message.
-/// The history is in memory, so a restart clears it.
-pub struct SendLimiter {
-    limits: SendLimits,
-    history: Mutex<HashMap<String, History>>,
-}
-
-#[derive(Default)]
-struct History {
-    sent: Vec<Instant>,
-    locked_at: Option<Instant>,
-}
-
-impl SendLimiter {
-    /// Creates a limiter with no history.
-    pub fn new(limits: SendLimits) -> SendLimiter {
-        SendLimiter {
-            limits,
-            history: Mutex::new(HashMap::new()),
-        }
+/// Checks one more passcode mail at `now` (Unix milliseconds) against `limits` and the
+/// stored `history`. Returns the history to store after the mail, or how long to wait.
+/// A clock that went backwards counts as no time passed, so it never shortens a wait.
+pub fn record_send(
+    limits: &SendLimits,
+    history: &SendHistory,
+    now: i64,
+) -> Result<SendHistory, Duration> {
+    let remaining = |period: Duration, since: i64| {
+        let elapsed = u64::try_from(now.saturating_sub(since)).unwrap_or(0);
+        period.saturating_sub(Duration::from_millis(elapsed))
+    };
+    let mut wait = Duration::ZERO;
+    if let Some(locked_at) = history.locked_at {
+        wait = wait.max(remaining(limits.lockout_cooldown, locked_at));
     }
-
-    /// Records a passcode mail for `held_id` when the limits allow one now, and otherwise
-    /// returns how long to wait.
-    pub fn try_send(&self, held_id: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut table = self.lock();
-        let history = table.entry(held_id.to_string()).or_default();
-        let window = self.limits.window;
-        history
-            .sent
-            .retain(|sent| now.duration_since(*sent) < window);
-
-        let mut wait = Duration::ZERO;
-        if let Some(locked_at) = history.locked_at {
-            wait = wait.max(self.limits.lockout_cooldown.saturating_sub(now - locked_at));
-        }
-        if let Some(last) = history.sent.last() {
-            wait = wait.max(self.limits.resend_interval.saturating_sub(now - *last));
-        }
-        if history.sent.len() >= self.limits.max_per_window
-            && let Some(first) = history.sent.first()
-        {
-            wait = wait.max(window.saturating_sub(now - *first));
-        }
-        if !wait.is_zero() {
-            return Err(wait);
-        }
-        history.locked_at = None;
-        history.sent.push(now);
-        Ok(())
+    if let Some(last) = history.last_sent_at {
+        wait = wait.max(remaining(limits.resend_interval, last));
     }
-
-    /// Starts the cool-down after too many wrong passcodes.
-    pub fn lock_out(&self, held_id: &str) {
-        self.lock()
-            .entry(held_id.to_string())
-            .or_default()
-            .locked_at = Some(Instant::now());
+    let (window_started_at, window_sends) = match history.window_started_at {
+        Some(start) if !remaining(limits.window, start).is_zero() => {
+            if history.window_sends >= limits.max_per_window {
+                wait = wait.max(remaining(limits.window, start));
+            }
+            (start, history.window_sends.saturating_add(1))
+        }
+        _ => (now, 1),
+    };
+    if !wait.is_zero() {
+        return Err(wait);
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, History>> {
-        self.history
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+    Ok(SendHistory {
+        last_sent_at: Some(now),
+        window_started_at: Some(window_started_at),
+        window_sends,
+        locked_at: None,
+    })
 }
 
 #[cfg(test)]
@@ -183,27 +154,67 @@ mod tests {
         assert_eq!(normalize("１２３４５６", 6), None);
     }
 
-    #[test]
-    fn limiter_enforces_resend_interval() {
-        let limiter = SendLimiter::new(limits());
-        assert!(limiter.try_send("h1").is_ok());
-        let wait = limiter.try_send("h1").unwrap_err();
-        assert!(wait > Duration::from_secs(58), "{wait:?}");
-        assert!(limiter.try_send("h2").is_ok());
+    /// Records a send at `seconds` into `history` when the limits allow it; returns the wait
+    /// otherwise.
+    fn send_at(
+        limits: &SendLimits,
+        history: &mut SendHistory,
+        seconds: i64,
+    ) -> Result<(), Duration> {
+        let next = record_send(limits, history, seconds * 1000)?;
+        *history = next;
+        Ok(())
     }
 
     #[test]
-    fn limiter_enforces_window_and_lockout() {
-        let limiter = SendLimiter::new(SendLimits {
+    fn limits_enforce_resend_interval() {
+        let mut history = SendHistory::default();
+        assert!(send_at(&limits(), &mut history, 0).is_ok());
+        let wait = send_at(&limits(), &mut history, 1).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(59));
+        assert!(send_at(&limits(), &mut history, 60).is_ok());
+        assert_eq!(history.window_sends, 2);
+    }
+
+    #[test]
+    fn limits_enforce_window_and_lockout() {
+        let limits = SendLimits {
             resend_interval: Duration::ZERO,
             ..limits()
-        });
-        for _ in 0..3 {
-            assert!(limiter.try_send("h1").is_ok());
+        };
+        let mut history = SendHistory::default();
+        for second in 0..3 {
+            assert!(send_at(&limits, &mut history, second).is_ok());
         }
-        assert!(limiter.try_send("h1").unwrap_err() > Duration::from_secs(3500));
+        assert_eq!(
+            send_at(&limits, &mut history, 10).unwrap_err(),
+            Duration::from_secs(3590)
+        );
+        // A new period starts once the old one is over.
+        assert!(send_at(&limits, &mut history, 3600).is_ok());
+        assert_eq!(history.window_started_at, Some(3_600_000));
+        assert_eq!(history.window_sends, 1);
 
-        limiter.lock_out("h2");
-        assert!(limiter.try_send("h2").unwrap_err() > Duration::from_secs(890));
+        let mut locked = SendHistory {
+            locked_at: Some(0),
+            ..SendHistory::default()
+        };
+        assert_eq!(
+            send_at(&limits, &mut locked, 10).unwrap_err(),
+            Duration::from_secs(890)
+        );
+        assert!(send_at(&limits, &mut locked, 900).is_ok());
+        assert_eq!(locked.locked_at, None);
+    }
+
+    #[test]
+    fn clock_going_back_never_shortens_a_wait() {
+        let history = SendHistory {
+            last_sent_at: Some(100_000),
+            locked_at: Some(100_000),
+            ..SendHistory::default()
+        };
+        let wait = record_send(&limits(), &history, 0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(900));
     }
 }

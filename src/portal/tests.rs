@@ -12,6 +12,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::queue::store::Store;
+use crate::store::{MasterKeys, test_master_keys};
 
 const TOKEN: &str = "tok_A1";
 const OTHER_TOKEN: &str = "tok_B2";
@@ -53,6 +54,7 @@ struct Harness {
     app: Router,
     store: Arc<MemoryHeldMessages>,
     database: PathBuf,
+    keys: Arc<MasterKeys>,
     _dir: tempfile::TempDir,
 }
 
@@ -79,7 +81,8 @@ fn settings(base_url: &str) -> PortalSettings {
 fn harness_with(base_url: &str) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let database = dir.path().join("queue.db");
-    let spool = Spool::start(&database, Arc::new(Notify::new())).expect("spool");
+    let keys = test_master_keys(&dir.path().join("keys"));
+    let spool = Spool::start(&database, Arc::clone(&keys), Arc::new(Notify::new())).expect("spool");
     let store = Arc::new(MemoryHeldMessages::default());
     for (token, id) in [(TOKEN, "held-1"), (OTHER_TOKEN, "held-2")] {
         store.insert(
@@ -101,6 +104,7 @@ fn harness_with(base_url: &str) -> Harness {
         app: router(Arc::new(context)),
         store,
         database,
+        keys,
         _dir: dir,
     }
 }
@@ -265,7 +269,7 @@ impl<'a> Client<'a> {
 
 /// Messages in the queue, as (sender, recipients, body).
 fn queued(harness: &Harness) -> Vec<(String, Vec<String>, String)> {
-    let store = Store::open(&harness.database).expect("queue database");
+    let store = Store::open(&harness.database, Arc::clone(&harness.keys)).expect("queue database");
     let mut messages = Vec::new();
     for summary in store.list().expect("list") {
         let body = store.body(&summary.id).expect("body").expect("stored");
@@ -321,8 +325,7 @@ async fn expired_passcode_is_rejected() {
     let sixteen_minutes_ago = record.created_at - 16 * 60 * 1000;
     harness
         .store
-        .set_passcode("held-1", &record.hash, sixteen_minutes_ago)
-        .unwrap();
+        .set_passcode("held-1", &record.hash, sixteen_minutes_ago);
 
     let late = client.enter(&page.csrf(), &code).await;
     assert_eq!(late.status, StatusCode::OK);
@@ -754,7 +757,7 @@ fn plain_http_only_on_loopback() {
     assert!(check_listen_address(public, true, false).is_ok());
     assert!(check_listen_address(public, false, true).is_ok());
     let error = check_listen_address(public, false, false).unwrap_err();
-    assert!(error.contains("0.0.0.0:8443"), "{error}");
+    assert!(error.contains("dangerous_allow_plain_http"), "{error}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address, dom
 use crate::policy::classify::{self, Classifier};
 use crate::policy::{CertificateSource, NoCertificates, Route, Router, TlsRequirement};
 use crate::smime::{CertificateDirectory, Smime, SmimeOutcome};
-use crate::store::HoldStore;
+use crate::store::{HoldStore, MasterKeys};
 use crate::telemetry::{MAIL_LOG, escape, escape_field};
 
 use super::portal::PortalHold;
@@ -80,20 +80,22 @@ struct WorkerDone {
 }
 
 impl QueueManager {
-    /// Opens its own connection to the queue database. `wake` is the spool's commit
-    /// notification.
+    /// Opens its own connection to the queue database, with the master keys from
+    /// `server.keys_dir`. `wake` is the spool's commit notification.
     ///
     /// # Errors
     ///
-    /// As for [`Store::open`], and [`QueueError::Setup`] naming the file when a DKIM key
-    /// cannot be loaded.
+    /// [`QueueError::MasterKey`] when the master keys cannot be loaded,
+    /// [`QueueError::Setup`] naming the file when a DKIM key cannot be loaded, otherwise as
+    /// for [`Store::open`].
     pub fn new(
         config: Arc<Config>,
         spool: Spool,
         wake: Arc<Notify>,
         transport: Arc<dyn Transport>,
     ) -> Result<QueueManager, QueueError> {
-        let store = Store::open(&config.database_path())?;
+        let keys = MasterKeys::load(&config.server.keys_dir, config.store.master_key_id)?;
+        let store = Store::open(&config.database_path(), Arc::new(keys))?;
         let classifier = Classifier::new(&config.policy.classify)
             .map_err(|error| QueueError::Setup(error.to_string()))?;
         let dkim =

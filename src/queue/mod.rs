@@ -26,6 +26,17 @@ pub enum QueueError {
     /// The spool writer has stopped, so nothing more can be committed.
     #[error("spool writer has stopped")]
     SpoolClosed,
+    /// The master keys that encrypt queued bodies could not be loaded.
+    #[error("{0}")]
+    MasterKey(#[from] crate::store::StoreError),
+    /// A queued body failed to decrypt.
+    #[error("body of queued message {id} failed to decrypt: {reason}")]
+    BodyUnreadable {
+        /// The queue id.
+        id: String,
+        /// Why: a missing master key or damaged bytes.
+        reason: String,
+    },
     /// A file or folder of the queue could not be used.
     #[error("failed to use {path}: {source}")]
     Io {

@@ -8,19 +8,25 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::QueueError;
-use super::store::Store;
+use super::store::{SealedBody, Store};
 use crate::envelope::{AcceptedMessage, QueueId};
+use crate::store::MasterKeys;
 
 /// Messages per transaction at most, so one commit never holds up the first waiter for long.
 const MAX_BATCH_MESSAGES: usize = 256;
 /// Body bytes per transaction at most.
 const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Bodies up to this size are sealed on the submitting task, larger ones on the blocking
+/// pool. NOTE: the size is an estimate. Optimised AES-GCM with AES-NI should seal 256 KiB in
+/// well under a millisecond, but in a debug build sealing 2.3 KB took about 0.8 ms.
+const INLINE_SEAL_BYTES: usize = 256 << 10;
 /// Messages waiting for the writer before `submit` itself waits.
 const QUEUE_DEPTH: usize = 1024;
 
 struct Submission {
-    id: Option<QueueId>,
+    id: QueueId,
     message: AcceptedMessage,
+    sealed: SealedBody,
     is_dsn: bool,
     reply: oneshot::Sender<Result<QueueId, QueueError>>,
 }
@@ -29,17 +35,23 @@ struct Submission {
 #[derive(Clone)]
 pub struct Spool {
     sender: mpsc::Sender<Submission>,
+    keys: Arc<MasterKeys>,
 }
 
 impl Spool {
-    /// Opens the database and starts the writer thread. `committed` is notified after each
-    /// commit, so the queue manager routes new mail without waiting for its next scan.
+    /// Opens the database and starts the writer thread. Each body is encrypted with `keys`
+    /// before it reaches the writer. `committed` is notified after each commit, so the queue
+    /// manager routes new mail without waiting for its next scan.
     ///
     /// # Errors
     ///
     /// As for [`Store::open`].
-    pub fn start(database: &Path, committed: Arc<Notify>) -> Result<Spool, QueueError> {
-        let store = Store::open(database)?;
+    pub fn start(
+        database: &Path,
+        keys: Arc<MasterKeys>,
+        committed: Arc<Notify>,
+    ) -> Result<Spool, QueueError> {
+        let store = Store::open(database, Arc::clone(&keys))?;
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -48,7 +60,7 @@ impl Spool {
                 path: database.to_owned(),
                 source,
             })?;
-        Ok(Spool { sender })
+        Ok(Spool { sender, keys })
     }
 
     /// Commits a message and its envelope to disk (fsync) and returns its queue id. Only
@@ -90,10 +102,27 @@ impl Spool {
         message: AcceptedMessage,
         is_dsn: bool,
     ) -> Result<QueueId, QueueError> {
+        let id = id.unwrap_or_else(QueueId::generate);
+        // Sessions seal their own bodies, in parallel and while the writer waits for the
+        // previous fsync, so the writer thread only writes. Large bodies go to the blocking
+        // pool so that they do not stall an async thread.
+        let (id, message, sealed) = if message.body.len() <= INLINE_SEAL_BYTES {
+            let sealed = SealedBody::seal(&self.keys, &id, &message.body);
+            (id, message, sealed)
+        } else {
+            let keys = Arc::clone(&self.keys);
+            tokio::task::spawn_blocking(move || {
+                let sealed = SealedBody::seal(&keys, &id, &message.body);
+                (id, message, sealed)
+            })
+            .await
+            .map_err(|error| QueueError::CommitFailed(format!("sealing failed: {error}")))?
+        };
         let (reply, receiver) = oneshot::channel();
         let submission = Submission {
             id,
             message,
+            sealed,
             is_dsn,
             reply,
         };
@@ -119,24 +148,26 @@ fn run_writer(mut store: Store, mut receiver: mpsc::Receiver<Submission>, commit
             }
         }
 
-        let ids: Vec<QueueId> = batch
+        let rows: Vec<(QueueId, &AcceptedMessage, &SealedBody, bool)> = batch
             .iter()
-            .map(|submission| submission.id.clone().unwrap_or_else(QueueId::generate))
+            .map(|submission| {
+                (
+                    submission.id.clone(),
+                    &submission.message,
+                    &submission.sealed,
+                    submission.is_dsn,
+                )
+            })
             .collect();
-        let rows: Vec<(QueueId, &AcceptedMessage, bool)> = ids
-            .iter()
-            .zip(&batch)
-            .map(|(id, submission)| (id.clone(), &submission.message, submission.is_dsn))
-            .collect();
-        let result = store.insert_messages(&rows);
+        let result = store.insert_sealed(&rows);
         drop(rows);
 
         match result {
             Ok(()) => {
                 tracing::debug!(messages = batch.len(), bytes, "spool commit");
                 committed.notify_one();
-                for (submission, id) in batch.into_iter().zip(ids) {
-                    let _ = submission.reply.send(Ok(id));
+                for submission in batch {
+                    let _ = submission.reply.send(Ok(submission.id));
                 }
             }
             Err(error) => {

@@ -2,10 +2,13 @@
 //! with its route, delivery state and last result.
 //!
 //! SQLite in WAL mode with `synchronous = FULL`, so a committed transaction is on disk
-//! before the commit returns. The SQL keeps to what PostgreSQL also accepts, so the same
+//! before the commit returns. Bodies are stored encrypted: each gets a random AES-256-GCM
+//! key, wrapped by a master key from `keys/store-master-<id>.key` whose id is kept in
+//! `body_key_id`, so no plaintext of a message reaches the database, its WAL or free pages. The SQL keeps to what PostgreSQL also accepts, so the same
 //! schema can back several instances later.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -13,6 +16,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::QueueError;
 use crate::envelope::{AcceptedMessage, QueueId};
 use crate::policy::Route;
+use crate::store::{MasterKeys, OpenFailure, open_record, seal_record};
+
+/// Associated-data name of a queued body, bound into its ciphertext.
+const BODY_PART: &str = "body";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -27,6 +34,7 @@ CREATE TABLE IF NOT EXISTS messages (
     auth_user   TEXT,
     is_dsn      INTEGER NOT NULL,
     body        BLOB NOT NULL,
+    body_key_id INTEGER,
     notification INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
@@ -138,19 +146,21 @@ pub struct AttemptRecord {
     pub detail: String,
 }
 
-/// One open connection to the queue database.
+/// One open connection to the queue database, with the master keys for its bodies.
 pub struct Store {
     pub(super) connection: Connection,
+    keys: Arc<MasterKeys>,
 }
 
 impl Store {
-    /// Opens (creating when missing) the database at `path` and applies the schema.
+    /// Opens (creating when missing) the database at `path`, applies the schema, and
+    /// encrypts with `keys` any body that an older version stored in clear.
     ///
     /// # Errors
     ///
     /// [`QueueError::Io`] when the folder cannot be created, [`QueueError::Database`]
     /// when SQLite cannot open or set up the file.
-    pub fn open(path: &Path) -> Result<Store, QueueError> {
+    pub fn open(path: &Path, keys: Arc<MasterKeys>) -> Result<Store, QueueError> {
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder).map_err(|source| QueueError::Io {
                 path: folder.to_owned(),
@@ -166,9 +176,18 @@ impl Store {
         // a `portal` message has moved into the encrypted hold store.
         connection.pragma_update(None, "secure_delete", "ON")?;
         connection.execute_batch(SCHEMA)?;
-        add_notification_column(&connection)?;
-        let store = Store { connection };
+        add_missing_columns(
+            &connection,
+            "messages",
+            &[
+                ("notification", "INTEGER NOT NULL DEFAULT 0"),
+                // A missing `body_key_id` means a body stored in clear.
+                ("body_key_id", "INTEGER"),
+            ],
+        )?;
+        let mut store = Store { connection, keys };
         store.add_review_schema()?;
+        store.encrypt_clear_bodies()?;
         Ok(store)
     }
 
@@ -178,10 +197,28 @@ impl Store {
         &mut self,
         messages: &[(QueueId, &AcceptedMessage, bool)],
     ) -> Result<(), QueueError> {
+        let sealed: Vec<SealedBody> = messages
+            .iter()
+            .map(|(id, message, _)| SealedBody::seal(&self.keys, id, &message.body))
+            .collect();
+        let rows: Vec<_> = messages
+            .iter()
+            .zip(&sealed)
+            .map(|((id, message, is_dsn), sealed)| (id.clone(), *message, sealed, *is_dsn))
+            .collect();
+        self.insert_sealed(&rows)
+    }
+
+    /// As [`Store::insert_messages`], with each body already sealed by
+    /// [`SealedBody::seal`], so that the encryption can run before the writer's turn.
+    pub fn insert_sealed(
+        &mut self,
+        messages: &[(QueueId, &AcceptedMessage, &SealedBody, bool)],
+    ) -> Result<(), QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        for (id, message, is_dsn) in messages {
-            insert_message(&transaction, id, message, *is_dsn, false, now)?;
+        for (id, message, sealed, is_dsn) in messages {
+            insert_message(&transaction, id, message, sealed, *is_dsn, false, now)?;
         }
         transaction.commit()?;
         Ok(())
@@ -234,9 +271,10 @@ impl Store {
                 params![id.as_str(), now],
             )?;
             if let Some(body) = body {
+                let (key_id, sealed) = seal_body(&self.keys, id.as_str(), body);
                 transaction.execute(
-                    "UPDATE messages SET body = ?2, size = ?3 WHERE id = ?1",
-                    params![id.as_str(), body, body.len() as i64],
+                    "UPDATE messages SET body = ?2, body_key_id = ?3, size = ?4 WHERE id = ?1",
+                    params![id.as_str(), sealed, key_id, body.len() as i64],
                 )?;
             }
         }
@@ -305,14 +343,28 @@ impl Store {
             .optional()?)
     }
 
-    /// Reads a message's body.
+    /// Reads and decrypts a message's body.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::BodyUnreadable`] when its master key is not loaded or the stored bytes
+    /// are damaged, [`QueueError::Database`] when the row cannot be read.
     pub fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, QueueError> {
         let mut statement = self
             .connection
-            .prepare_cached("SELECT body FROM messages WHERE id = ?1")?;
-        Ok(statement
-            .query_row([id.as_str()], |row| row.get(0))
-            .optional()?)
+            .prepare_cached("SELECT body, body_key_id FROM messages WHERE id = ?1")?;
+        let row: Option<(Vec<u8>, Option<u32>)> = statement
+            .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((stored, key_id)) = row else {
+            return Ok(None);
+        };
+        let Some(key_id) = key_id else {
+            // Only a body written by an older version, in the moment before `open`
+            // encrypted it, has no key id.
+            return Ok(Some(stored));
+        };
+        open_body(&self.keys, key_id, id.as_str(), &stored).map(Some)
     }
 
     /// Reads all recipients of a message, in RCPT order.
@@ -536,7 +588,16 @@ impl Store {
             return Ok(false);
         }
         for (notification_id, message) in notifications {
-            insert_message(&transaction, notification_id, message, false, true, now)?;
+            let sealed = SealedBody::seal(&self.keys, notification_id, &message.body);
+            insert_message(
+                &transaction,
+                notification_id,
+                message,
+                &sealed,
+                false,
+                true,
+                now,
+            )?;
         }
         transaction.commit()?;
         Ok(true)
@@ -548,6 +609,37 @@ impl Store {
             "UPDATE recipients SET next_attempt = ?1 WHERE state = 'pending'",
             [now_millis()],
         )?)
+    }
+
+    /// Encrypts every body still stored in clear by a version before body encryption, in
+    /// one transaction, then truncates the WAL so that its copies of those pages go too.
+    fn encrypt_clear_bodies(&mut self) -> Result<(), QueueError> {
+        let transaction = self.connection.transaction()?;
+        let clear: Vec<(String, Vec<u8>)> = {
+            let mut select =
+                transaction.prepare("SELECT id, body FROM messages WHERE body_key_id IS NULL")?;
+            let rows = select.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if clear.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut update = transaction
+                .prepare("UPDATE messages SET body = ?2, body_key_id = ?3 WHERE id = ?1")?;
+            for (id, body) in &clear {
+                let (key_id, sealed) = seal_body(&self.keys, id, body);
+                update.execute(params![id, sealed, key_id])?;
+            }
+        }
+        transaction.commit()?;
+        self.connection
+            .pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        tracing::info!(
+            messages = clear.len(),
+            "encrypted queued bodies stored in clear"
+        );
+        Ok(())
     }
 
     /// Summaries of every message in the queue, oldest first.
@@ -596,19 +688,66 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageSummary>
     })
 }
 
+/// Encrypts a body for the message with queue id `id`; returns the master key id and the
+/// blob.
+fn seal_body(keys: &MasterKeys, id: &str, body: &[u8]) -> (u32, Vec<u8>) {
+    seal_record(keys, &body_record(id), BODY_PART, body)
+}
+
+fn open_body(
+    keys: &MasterKeys,
+    key_id: u32,
+    id: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>, QueueError> {
+    open_record(keys, key_id, &body_record(id), BODY_PART, sealed).map_err(|failure| {
+        let reason = match failure {
+            OpenFailure::KeyUnavailable => {
+                format!("master key {key_id} is not in the keys folder")
+            }
+            OpenFailure::Damaged => "wrong key or damaged record".to_string(),
+        };
+        QueueError::BodyUnreadable {
+            id: id.to_string(),
+            reason,
+        }
+    })
+}
+
+/// Record name bound into a queued body's ciphertext. The `queue:` prefix keeps it apart
+/// from held ids, which are bare hex.
+fn body_record(id: &str) -> String {
+    format!("queue:{id}")
+}
+
+/// A message body encrypted for the queue database, with the id of its master key.
+pub struct SealedBody {
+    key_id: u32,
+    blob: Vec<u8>,
+}
+
+impl SealedBody {
+    /// Encrypts `body` for the message with queue id `id`.
+    pub fn seal(keys: &MasterKeys, id: &QueueId, body: &[u8]) -> SealedBody {
+        let (key_id, blob) = seal_body(keys, id.as_str(), body);
+        SealedBody { key_id, blob }
+    }
+}
+
 /// Inserts one message and its recipients, all `incoming`.
 fn insert_message(
     connection: &Connection,
     id: &QueueId,
     message: &AcceptedMessage,
+    sealed: &SealedBody,
     is_dsn: bool,
     notification: bool,
     now: i64,
 ) -> Result<(), QueueError> {
     let mut insert_message = connection.prepare_cached(
         "INSERT INTO messages (id, sender, received_at, size, body_8bit, smtputf8,
-             client, auth_user, is_dsn, body, notification)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             client, auth_user, is_dsn, body, body_key_id, notification)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     let mut insert_recipient = connection.prepare_cached(
         "INSERT INTO recipients (message_id, position, address, state, next_attempt)
@@ -630,7 +769,8 @@ fn insert_message(
         client,
         message.client.auth_user,
         is_dsn,
-        message.body,
+        sealed.blob,
+        sealed.key_id,
         notification,
     ])?;
     for (position, address) in message.recipients.iter().enumerate() {
@@ -639,15 +779,22 @@ fn insert_message(
     Ok(())
 }
 
-/// Adds the `notification` column to a database created before it existed.
-fn add_notification_column(connection: &Connection) -> Result<(), QueueError> {
-    let present = connection
-        .prepare("SELECT notification FROM messages LIMIT 0")
-        .is_ok();
-    if !present {
-        connection.execute_batch(
-            "ALTER TABLE messages ADD COLUMN notification INTEGER NOT NULL DEFAULT 0",
-        )?;
+/// Adds each `(name, definition)` column that `table` lacks, as in a database created by
+/// an older version.
+pub(crate) fn add_missing_columns(
+    connection: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    for (name, definition) in columns {
+        let present = connection
+            .prepare(&format!("SELECT {name} FROM {table} LIMIT 0"))
+            .is_ok();
+        if !present {
+            connection.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {name} {definition}"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -690,5 +837,166 @@ fn parse_state(name: &str) -> RecipientState {
         "sent" => RecipientState::Sent,
         "bounced" => RecipientState::Bounced,
         _ => RecipientState::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ClientInfo;
+    use crate::store::test_master_keys;
+
+    const MARKER: &[u8] = b"body-marker-7f3a";
+
+    fn accepted(body: &[u8]) -> AcceptedMessage {
+        AcceptedMessage {
+            sender: "sender@example.org".into(),
+            recipients: vec!["rcpt@example.net".into()],
+            body: body.to_vec(),
+            body_8bit: false,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: "127.0.0.1:40000".parse().expect("socket address"),
+                helo: "client.example.org".into(),
+                tls: None,
+                auth_user: None,
+            },
+        }
+    }
+
+    /// Reads the bytes of the database and of its `-wal` and `-shm` files.
+    fn database_bytes(path: &Path) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            bytes.extend(std::fs::read(file).unwrap_or_default());
+        }
+        bytes
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    fn message_body(marker: &[u8]) -> Vec<u8> {
+        [b"Subject: results\r\n\r\n".as_slice(), marker, b"\r\n"].concat()
+    }
+
+    #[test]
+    fn bodies_are_encrypted_on_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let mut store = Store::open(&path, Arc::clone(&keys)).expect("store");
+        let id = QueueId::generate();
+        let body = message_body(MARKER);
+        let message = accepted(&body);
+        store
+            .insert_messages(&[(id.clone(), &message, false)])
+            .expect("insert");
+        assert_eq!(store.body(&id).expect("body"), Some(body.clone()));
+        assert!(!contains(&database_bytes(&path), MARKER));
+
+        let replaced = message_body(b"replaced-marker-91c2");
+        store
+            .set_routes(&id, &[], Some(&replaced))
+            .expect("replace body");
+        assert_eq!(store.body(&id).expect("body"), Some(replaced));
+        assert!(!contains(&database_bytes(&path), b"replaced-marker-91c2"));
+    }
+
+    #[test]
+    fn clear_bodies_are_encrypted_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let id = QueueId::generate();
+        let body = message_body(MARKER);
+        {
+            let mut store = Store::open(&path, Arc::clone(&keys)).expect("store");
+            store
+                .insert_messages(&[(id.clone(), &accepted(&body), false)])
+                .expect("insert");
+            // Write the body back in clear, as a version without encryption stored it.
+            store
+                .connection
+                .execute(
+                    "UPDATE messages SET body = ?2, body_key_id = NULL WHERE id = ?1",
+                    params![id.as_str(), body],
+                )
+                .expect("clear body");
+        }
+        let store = Store::open(&path, keys).expect("reopen");
+        let stored: Vec<u8> = store
+            .connection
+            .query_row("SELECT body FROM messages", [], |row| row.get(0))
+            .expect("stored body");
+        assert!(!contains(&stored, MARKER));
+        assert_eq!(store.body(&id).expect("body"), Some(body));
+        assert!(!contains(&database_bytes(&path), MARKER));
+    }
+
+    #[test]
+    fn bodies_survive_key_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let keys_dir = dir.path().join("keys");
+        let old_id = QueueId::generate();
+        let old_body = message_body(b"before-rotation");
+        {
+            let mut store = Store::open(&path, test_master_keys(&keys_dir)).expect("store");
+            store
+                .insert_messages(&[(old_id.clone(), &accepted(&old_body), false)])
+                .expect("insert");
+        }
+        crate::store::create_master_key(&keys_dir).expect("second master key");
+        let keys = Arc::new(MasterKeys::load(&keys_dir, None).expect("both keys"));
+        let mut store = Store::open(&path, keys).expect("reopen");
+        let new_id = QueueId::generate();
+        let new_body = message_body(b"after-rotation");
+        store
+            .insert_messages(&[(new_id.clone(), &accepted(&new_body), false)])
+            .expect("insert");
+        assert_eq!(store.body(&old_id).expect("old body"), Some(old_body));
+        assert_eq!(store.body(&new_id).expect("new body"), Some(new_body));
+        let key_ids: Vec<u32> = store
+            .connection
+            .prepare("SELECT body_key_id FROM messages ORDER BY body_key_id")
+            .expect("select")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(key_ids, [1, 2]);
+    }
+
+    #[test]
+    fn body_needs_its_master_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let id = QueueId::generate();
+        {
+            let keys = test_master_keys(&dir.path().join("first"));
+            let mut store = Store::open(&path, keys).expect("store");
+            store
+                .insert_messages(&[(id.clone(), &accepted(b"Subject: x\r\n\r\nx\r\n"), false)])
+                .expect("insert");
+        }
+        // A different key with the same id 1 fails authentication.
+        let other = test_master_keys(&dir.path().join("second"));
+        let store = Store::open(&path, other).expect("reopen");
+        let error = store.body(&id).expect_err("wrong key");
+        assert!(
+            matches!(&error, QueueError::BodyUnreadable { reason, .. } if reason.contains("damaged")),
+            "{error}"
+        );
+        store
+            .connection
+            .execute("UPDATE messages SET body_key_id = 7", [])
+            .expect("set key id");
+        let error = store.body(&id).expect_err("missing key");
+        assert!(error.to_string().contains("master key 7"), "{error}");
     }
 }

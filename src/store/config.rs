@@ -54,13 +54,28 @@ pub struct PortalConfig {
     /// Serve HTTPS with the `inbound` TLS certificate; plain HTTP only behind a TLS proxy.
     /// Default: true.
     pub tls: bool,
+    /// Allow plain HTTP (`tls = false`) on a non-loopback `listen` address, where
+    /// passcodes and messages would cross the network unencrypted unless something in
+    /// front adds TLS. Plain HTTP on loopback needs no flag. Default: false.
+    pub dangerous_allow_plain_http: bool,
     /// Digits in a one-time passcode. Default: 6.
     pub passcode_digits: u32,
     /// How long a passcode stays valid. Default: `15m`.
     pub passcode_lifetime: ConfigDuration,
-    /// Wrong passcodes before the passcode is cleared and a new one must be sent.
-    /// Default: 5.
+    /// Wrong passcodes before the passcode is cleared, the cool-down starts and a new one
+    /// must be sent. 1 to 10. Default: 5.
     pub max_passcode_attempts: u32,
+    /// Minimum time between two passcode mails for one held message. Default: `1m`.
+    pub passcode_resend_interval: ConfigDuration,
+    /// Passcode mails allowed for one held message within `passcode_send_window`.
+    /// Default: 5.
+    pub max_passcode_sends: u32,
+    /// Period over which `max_passcode_sends` counts, from the first mail of the period.
+    /// Default: `1h`.
+    pub passcode_send_window: ConfigDuration,
+    /// Wait after `max_passcode_attempts` wrong passcodes before a new passcode may be
+    /// mailed. Default: `15m`.
+    pub lockout_cooldown: ConfigDuration,
     /// How long a recipient stays signed in after entering a passcode. Default: `15m`.
     pub session_lifetime: ConfigDuration,
 }
@@ -87,9 +102,14 @@ impl Default for PortalConfig {
             sender_receipt: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             tls: true,
+            dangerous_allow_plain_http: false,
             passcode_digits: 6,
             passcode_lifetime: ConfigDuration::secs(15 * 60),
             max_passcode_attempts: 5,
+            passcode_resend_interval: ConfigDuration::secs(60),
+            max_passcode_sends: 5,
+            passcode_send_window: ConfigDuration::secs(3600),
+            lockout_cooldown: ConfigDuration::secs(15 * 60),
             session_lifetime: ConfigDuration::secs(15 * 60),
         }
     }
@@ -177,26 +197,72 @@ impl PortalConfig {
                 "must be between 6 and 8",
             ));
         }
-        if self.max_passcode_attempts == 0 {
+        if !(1..=10).contains(&self.max_passcode_attempts) {
             return Err(invalid(
                 path,
                 "portal.max_passcode_attempts",
-                "0".into(),
-                "must be at least 1",
+                self.max_passcode_attempts.to_string(),
+                "must be between 1 and 10",
             ));
         }
-        for (key, duration) in [
-            ("portal.passcode_lifetime", self.passcode_lifetime),
-            ("portal.session_lifetime", self.session_lifetime),
-        ] {
-            if duration.0.is_zero() {
-                return Err(invalid(
-                    path,
-                    key,
-                    format!("{:?}", duration.to_string()),
-                    "must not be 0",
-                ));
-            }
+        if !(1..=100).contains(&self.max_passcode_sends) {
+            return Err(invalid(
+                path,
+                "portal.max_passcode_sends",
+                self.max_passcode_sends.to_string(),
+                "must be between 1 and 100",
+            ));
+        }
+        self.validate_durations(path)?;
+        if let Err(reason) = crate::portal::check_listen_address(
+            self.listen,
+            self.tls,
+            self.dangerous_allow_plain_http,
+        ) {
+            return Err(invalid(
+                path,
+                "portal.listen",
+                format!("{:?}", self.listen.to_string()),
+                reason,
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_durations(&self, path: &Path) -> Result<(), ConfigError> {
+        const DAY: u64 = 86_400;
+        let bounded = [
+            ("portal.passcode_lifetime", self.passcode_lifetime, DAY),
+            ("portal.session_lifetime", self.session_lifetime, DAY),
+            (
+                "portal.passcode_send_window",
+                self.passcode_send_window,
+                DAY,
+            ),
+            ("portal.lockout_cooldown", self.lockout_cooldown, 7 * DAY),
+        ];
+        for (key, duration, max_secs) in bounded {
+            let reason = if duration.0.is_zero() {
+                "must not be 0".to_string()
+            } else if duration.0.as_secs() > max_secs {
+                format!("must be at most {}", ConfigDuration::secs(max_secs))
+            } else {
+                continue;
+            };
+            return Err(invalid(
+                path,
+                key,
+                format!("{:?}", duration.to_string()),
+                &reason,
+            ));
+        }
+        if self.passcode_resend_interval.0 > self.passcode_send_window.0 {
+            return Err(invalid(
+                path,
+                "portal.passcode_resend_interval",
+                format!("{:?}", self.passcode_resend_interval.to_string()),
+                "must not be longer than portal.passcode_send_window",
+            ));
         }
         Ok(())
     }
@@ -266,4 +332,88 @@ fn is_hex_colour(text: &str) -> bool {
     text.len() == 7
         && text.starts_with('#')
         && text[1..].bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    /// Parses `[portal]` lines and returns the error text, or `None` when valid.
+    fn portal_error(lines: &str) -> Option<String> {
+        let text = format!("[portal]\n{lines}\n");
+        Config::parse(&text, Path::new("/etc/sealgate.toml"))
+            .err()
+            .map(|error| error.to_string())
+    }
+
+    #[test]
+    fn portal_limits_are_validated() {
+        let cases = [
+            (
+                "max_passcode_attempts = 0",
+                "portal.max_passcode_attempts = 0",
+            ),
+            (
+                "max_passcode_attempts = 11",
+                "portal.max_passcode_attempts = 11",
+            ),
+            ("max_passcode_sends = 0", "portal.max_passcode_sends = 0"),
+            (
+                "passcode_lifetime = \"0s\"",
+                "portal.passcode_lifetime = \"0s\"",
+            ),
+            (
+                "session_lifetime = \"2d\"",
+                "portal.session_lifetime = \"2d\"",
+            ),
+            (
+                "lockout_cooldown = \"0s\"",
+                "portal.lockout_cooldown = \"0s\"",
+            ),
+            (
+                "passcode_send_window = \"0s\"",
+                "portal.passcode_send_window = \"0s\"",
+            ),
+            (
+                "passcode_resend_interval = \"2h\"",
+                "portal.passcode_resend_interval = \"2h\"",
+            ),
+        ];
+        for (line, expected) in cases {
+            let error = portal_error(line).unwrap_or_else(|| panic!("{line} was accepted"));
+            assert!(
+                error.starts_with(&format!("/etc/sealgate.toml: {expected}: ")),
+                "{line}: {error}"
+            );
+        }
+        let valid = "max_passcode_attempts = 3\nmax_passcode_sends = 2\n\
+                     passcode_resend_interval = \"30s\"\npasscode_send_window = \"10m\"\n\
+                     lockout_cooldown = \"1h\"\nsession_lifetime = \"30m\"";
+        assert_eq!(portal_error(valid), None);
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_flag() {
+        let error = portal_error("listen = \"0.0.0.0:8080\"\ntls = false")
+            .expect("plain HTTP on all addresses is rejected");
+        assert!(
+            error.starts_with("/etc/sealgate.toml: portal.listen = \"0.0.0.0:8080\": "),
+            "{error}"
+        );
+        assert!(error.contains("dangerous_allow_plain_http"), "{error}");
+        assert_eq!(
+            portal_error(
+                "listen = \"0.0.0.0:8080\"\ntls = false\ndangerous_allow_plain_http = true"
+            ),
+            None
+        );
+        assert_eq!(
+            portal_error("listen = \"127.0.0.1:8080\"\ntls = false"),
+            None
+        );
+        assert_eq!(portal_error("listen = \"[::1]:8080\"\ntls = false"), None);
+        assert_eq!(portal_error("listen = \"0.0.0.0:8443\"\ntls = true"), None);
+    }
 }

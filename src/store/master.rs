@@ -25,9 +25,10 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// The master keys found in a keys folder, by id.
+/// The master keys found in a keys folder, by id. The hold store and the queue database
+/// both wrap their per-message keys with them.
 #[derive(Clone, Debug)]
-pub(crate) struct MasterKeys {
+pub struct MasterKeys {
     keys: BTreeMap<u32, MasterKey>,
     current: u32,
 }
@@ -35,7 +36,14 @@ pub(crate) struct MasterKeys {
 impl MasterKeys {
     /// Loads every `store-master-<id>.key` in `keys_dir`. `current` picks the key for new
     /// messages; the highest id when `None`.
-    pub(crate) fn load(keys_dir: &Path, current: Option<u32>) -> Result<MasterKeys, StoreError> {
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::MasterKeyMissing`] naming the expected file when there is no key or
+    /// no key with id `current`, [`StoreError::MasterKeyInvalid`] for a file that is not
+    /// 32 bytes or is readable by others, and [`StoreError::Io`] when the folder cannot be
+    /// read.
+    pub fn load(keys_dir: &Path, current: Option<u32>) -> Result<MasterKeys, StoreError> {
         let mut keys = BTreeMap::new();
         let entries = std::fs::read_dir(keys_dir).map_err(|source| StoreError::Io {
             path: keys_dir.to_owned(),
@@ -148,6 +156,13 @@ pub fn ensure_master_key(keys_dir: &Path) -> Result<Option<PathBuf>, StoreError>
         return Ok(None);
     }
     create_master_key(keys_dir).map(|(_, path)| Some(path))
+}
+
+/// Creates a master key in `keys_dir` when it has none and loads the keys, for tests.
+#[cfg(test)]
+pub(crate) fn test_master_keys(keys_dir: &Path) -> std::sync::Arc<MasterKeys> {
+    ensure_master_key(keys_dir).expect("master key written");
+    std::sync::Arc::new(MasterKeys::load(keys_dir, None).expect("master key loads"))
 }
 
 fn parse_file_name(name: &str) -> Option<u32> {

@@ -25,12 +25,14 @@ use sha2::{Digest, Sha256};
 
 pub(crate) use config::is_web_url;
 pub use config::{PortalConfig, StoreConfig};
-pub use master::{create_master_key, ensure_master_key, key_path};
+#[cfg(test)]
+pub(crate) use master::test_master_keys;
+pub use master::{MasterKeys, create_master_key, ensure_master_key, key_path};
 
 use crate::config::Config;
-use crate::queue::store::now_millis;
-use master::MasterKeys;
+use crate::queue::store::{add_missing_columns, now_millis};
 use seal::DataKey;
+pub(crate) use seal::{OpenFailure, open_record, seal_record};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held_messages (
@@ -50,7 +52,10 @@ CREATE TABLE IF NOT EXISTS held_messages (
     passcode_created_at  BIGINT,
     passcode_attempts    INTEGER NOT NULL DEFAULT 0,
     passcode_sends       INTEGER NOT NULL DEFAULT 0,
-    passcode_last_sent_at BIGINT
+    passcode_last_sent_at BIGINT,
+    passcode_window_started_at BIGINT,
+    passcode_window_sends INTEGER NOT NULL DEFAULT 0,
+    passcode_locked_at   BIGINT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS held_messages_token ON held_messages (token_hash);
 CREATE INDEX IF NOT EXISTS held_messages_queue ON held_messages (queue_id);
@@ -243,6 +248,22 @@ pub struct PasscodeState {
     pub sends: u32,
     /// Unix milliseconds of the last send.
     pub last_sent_at: Option<i64>,
+    /// Sends in the current period and the lockout, as the portal's limits use them.
+    pub history: SendHistory,
+}
+
+/// The passcode mails of a held message and its last lockout, stored so that the portal's
+/// limits survive a restart. Times are Unix milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendHistory {
+    /// The last passcode mail.
+    pub last_sent_at: Option<i64>,
+    /// Start of the period in which `window_sends` counts.
+    pub window_started_at: Option<i64>,
+    /// Passcode mails since `window_started_at`.
+    pub window_sends: u32,
+    /// When too many wrong passcodes locked the message, until a new passcode is sent.
+    pub locked_at: Option<i64>,
 }
 
 /// The hold store; cheap to clone, and safe to share between threads.
@@ -264,6 +285,15 @@ impl HoldStore {
         let keys = MasterKeys::load(&config.server.keys_dir, config.store.master_key_id)?;
         let connection = open_database(config)?;
         connection.execute_batch(SCHEMA)?;
+        add_missing_columns(
+            &connection,
+            "held_messages",
+            &[
+                ("passcode_window_started_at", "BIGINT"),
+                ("passcode_window_sends", "INTEGER NOT NULL DEFAULT 0"),
+                ("passcode_locked_at", "BIGINT"),
+            ],
+        )?;
         Ok(HoldStore {
             connection: Arc::new(Mutex::new(connection)),
             keys: Arc::new(keys),
@@ -404,22 +434,66 @@ impl HoldStore {
     /// [`StoreError::Database`].
     pub fn passcode_state(&self, id: &HeldId) -> Result<Option<PasscodeState>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT passcode_hash, passcode_created_at, passcode_attempts, passcode_sends,
-                    passcode_last_sent_at
-             FROM held_messages WHERE id = ?1",
+        read_passcode_state(&connection, id)
+    }
+
+    /// Stores the hash of a new passcode when `decide` allows another send, in one step
+    /// so that concurrent requests cannot both pass the limits. `decide` gets the stored
+    /// [`SendHistory`] and returns the history after this send, or how long to wait.
+    /// Returns that wait, storing nothing, when `decide` refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`], [`StoreError::Database`].
+    pub fn set_passcode_within(
+        &self,
+        id: &HeldId,
+        passcode_hash: &[u8],
+        now: i64,
+        decide: impl FnOnce(&SendHistory) -> Result<SendHistory, std::time::Duration>,
+    ) -> Result<Result<(), std::time::Duration>, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let state = read_passcode_state(&transaction, id)?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let history = match decide(&state.history) {
+            Ok(history) => history,
+            Err(wait) => return Ok(Err(wait)),
+        };
+        transaction.execute(
+            "UPDATE held_messages SET passcode_hash = ?2, passcode_created_at = ?3,
+                 passcode_attempts = 0, passcode_sends = passcode_sends + 1,
+                 passcode_last_sent_at = ?4, passcode_window_started_at = ?5,
+                 passcode_window_sends = ?6, passcode_locked_at = ?7
+             WHERE id = ?1",
+            params![
+                id.as_str(),
+                passcode_hash,
+                now,
+                history.last_sent_at,
+                history.window_started_at,
+                history.window_sends,
+                history.locked_at,
+            ],
         )?;
-        Ok(statement
-            .query_row([id.as_str()], |row| {
-                Ok(PasscodeState {
-                    passcode_hash: row.get(0)?,
-                    created_at: row.get(1)?,
-                    attempts: row.get(2)?,
-                    sends: row.get(3)?,
-                    last_sent_at: row.get(4)?,
-                })
-            })
-            .optional()?)
+        transaction.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Removes the current passcode after too many wrong entries and records the lockout
+    /// at `now`, which starts the cool-down before the next send.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`], [`StoreError::Database`].
+    pub fn lock_out(&self, id: &HeldId, now: i64) -> Result<(), StoreError> {
+        let updated = self.lock().execute(
+            "UPDATE held_messages SET passcode_hash = NULL, passcode_created_at = NULL,
+                 passcode_attempts = 0, passcode_locked_at = ?2
+             WHERE id = ?1",
+            params![id.as_str(), now],
+        )?;
+        found(updated, id)
     }
 
     /// Counts a wrong passcode entry and returns the failures so far.
@@ -663,6 +737,36 @@ impl HoldStore {
             ciphertext: body.unwrap_or_default(),
         })
     }
+}
+
+fn read_passcode_state(
+    connection: &Connection,
+    id: &HeldId,
+) -> Result<Option<PasscodeState>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT passcode_hash, passcode_created_at, passcode_attempts, passcode_sends,
+                passcode_last_sent_at, passcode_window_started_at, passcode_window_sends,
+                passcode_locked_at
+         FROM held_messages WHERE id = ?1",
+    )?;
+    Ok(statement
+        .query_row([id.as_str()], |row| {
+            let last_sent_at = row.get(4)?;
+            Ok(PasscodeState {
+                passcode_hash: row.get(0)?,
+                created_at: row.get(1)?,
+                attempts: row.get(2)?,
+                sends: row.get(3)?,
+                last_sent_at,
+                history: SendHistory {
+                    last_sent_at,
+                    window_started_at: row.get(5)?,
+                    window_sends: row.get(6)?,
+                    locked_at: row.get(7)?,
+                },
+            })
+        })
+        .optional()?)
 }
 
 /// Opens the queue database with the queue's durability settings.

@@ -5,10 +5,12 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
-use super::master::MasterKey;
+use super::master::{MasterKey, MasterKeys};
 
 /// Bytes in an AES-GCM nonce.
 pub(crate) const NONCE_LEN: usize = 12;
+/// Bytes of a wrapped data key: nonce, 32-byte key and 16-byte tag.
+const WRAPPED_KEY_LEN: usize = NONCE_LEN + 32 + 16;
 
 /// A per-message data key.
 pub(crate) struct DataKey([u8; 32]);
@@ -54,14 +56,61 @@ impl DataKey {
     }
 }
 
+/// Encrypts one record's part under a new data key wrapped by the current master key, and
+/// returns the master key's id and `wrapped key || nonce || ciphertext`. `record` names the
+/// record in the associated data, so the blob opens only for the same record and part.
+pub(crate) fn seal_record(
+    keys: &MasterKeys,
+    record: &str,
+    part: &str,
+    plaintext: &[u8],
+) -> (u32, Vec<u8>) {
+    let data_key = DataKey::generate();
+    let (key_id, master) = keys.current();
+    let mut blob = data_key.wrap(master, record);
+    let (nonce, ciphertext) = data_key.seal(plaintext, record, part);
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&ciphertext);
+    (key_id, blob)
+}
+
+/// Outcome of [`open_record`] when it cannot return the plaintext.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OpenFailure {
+    /// The master key with the record's key id is not loaded.
+    KeyUnavailable,
+    /// The blob is damaged, or was sealed for another record or part.
+    Damaged,
+}
+
+/// Decrypts a blob written by [`seal_record`] with the master key `key_id`.
+pub(crate) fn open_record(
+    keys: &MasterKeys,
+    key_id: u32,
+    record: &str,
+    part: &str,
+    blob: &[u8],
+) -> Result<Vec<u8>, OpenFailure> {
+    let master = keys.get(key_id).ok_or(OpenFailure::KeyUnavailable)?;
+    if blob.len() < WRAPPED_KEY_LEN + NONCE_LEN {
+        return Err(OpenFailure::Damaged);
+    }
+    let (wrapped, rest) = blob.split_at(WRAPPED_KEY_LEN);
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    let data_key = DataKey::unwrap(wrapped, master, record).ok_or(OpenFailure::Damaged)?;
+    data_key
+        .open(nonce, ciphertext, record, part)
+        .ok_or(OpenFailure::Damaged)
+}
+
 fn aad(held_id: &str, part: &str) -> Vec<u8> {
     format!("sealgate-store-v1:{held_id}:{part}").into_bytes()
 }
 
 fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> ([u8; 12], Vec<u8>) {
     let cipher = Aes256Gcm::new(&(*key).into());
-    // A random 96-bit nonce per seal. Every data key seals two parts, and a master key
-    // wraps one data key per held message, far below the 2^32 random nonces per key that
+    // A random 96-bit nonce per seal. Every data key seals at most two parts, and a master
+    // key wraps one data key per held or queued message, far below the 2^32 random nonces per key that
     // NIST SP 800-38D §8.3 allows.
     let nonce_bytes: [u8; NONCE_LEN] = rand::random();
     let nonce = Nonce::from(nonce_bytes);

@@ -514,3 +514,51 @@ fn notification_has_link_and_no_content() {
     assert!(!text.contains(SUBJECT));
     assert!(!text.contains(BODY));
 }
+
+#[test]
+fn send_history_and_lockout_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let hold = {
+        let store = open_store(dir.path());
+        let hold = store.hold(b"Subject: x\r\n\r\nx\r\n", &envelope()).unwrap();
+        let allowed = store
+            .set_passcode_within(&hold.id, b"hash-one", 5_000, |history| {
+                assert_eq!(*history, SendHistory::default());
+                Ok(SendHistory {
+                    last_sent_at: Some(5_000),
+                    window_started_at: Some(5_000),
+                    window_sends: 1,
+                    locked_at: None,
+                })
+            })
+            .unwrap();
+        assert_eq!(allowed, Ok(()));
+        store.lock_out(&hold.id, 6_000).unwrap();
+        hold
+    };
+
+    // A new process reads the same history, and a refused send stores nothing.
+    let store = HoldStore::open(&config).unwrap();
+    let state = store.passcode_state(&hold.id).unwrap().unwrap();
+    assert_eq!(state.passcode_hash, None);
+    assert_eq!(state.sends, 1);
+    assert_eq!(
+        state.history,
+        SendHistory {
+            last_sent_at: Some(5_000),
+            window_started_at: Some(5_000),
+            window_sends: 1,
+            locked_at: Some(6_000),
+        }
+    );
+    let refused = store
+        .set_passcode_within(&hold.id, b"hash-two", 7_000, |_| {
+            Err(std::time::Duration::from_secs(60))
+        })
+        .unwrap();
+    assert_eq!(refused, Err(std::time::Duration::from_secs(60)));
+    let state = store.passcode_state(&hold.id).unwrap().unwrap();
+    assert_eq!(state.passcode_hash, None);
+    assert_eq!(state.sends, 1);
+}

@@ -33,10 +33,14 @@ impl Gateway {
         if !dir.join("keys/tls.crt").exists() {
             write_self_signed(&dir.join("keys"));
         }
+        // Queued bodies are encrypted, so the gateway does not start without a master key.
+        sealgate::store::ensure_master_key(&dir.join("keys")).unwrap();
         let config_path = dir.join("sealgate.toml");
-        // The portal listens on port 0 as well, so parallel gateways do not compete for
-        // its default port.
-        let config = if config.contains("[portal]\n") {
+        // The portal listens on port 0 as well, unless the config names its address, so
+        // parallel gateways do not compete for its default port.
+        let config = if config.contains("[portal]\nlisten = ") {
+            config.to_string()
+        } else if config.contains("[portal]\n") {
             config.replacen("[portal]\n", "[portal]\nlisten = \"127.0.0.1:0\"\n", 1)
         } else {
             format!("{config}\n[portal]\nlisten = \"127.0.0.1:0\"\n")
@@ -198,6 +202,30 @@ impl Drop for Gateway {
     }
 }
 
+/// Returns a `[portal]` table for plain HTTP on `127.0.0.1:port`, with links to that address.
+pub fn plain_portal(port: u16, extra: &str) -> String {
+    format!(
+        "[portal]\nlisten = \"127.0.0.1:{port}\"\ntls = false\n\
+         base_url = \"http://127.0.0.1:{port}\"\norganisation = \"Riverside Health Centre\"\n{extra}\n"
+    )
+}
+
+/// Returns a static route that sends mail for `domain` to `127.0.0.1:port`.
+pub fn route_to(domain: &str, port: u16) -> String {
+    format!("[[delivery.routes]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1\"\nport = {port}\n")
+}
+
+/// Returns the portal link token in a notification's text.
+pub fn link_token(notification: &str, base_url: &str) -> String {
+    let start = notification
+        .find(&format!("{base_url}/m/"))
+        .unwrap_or_else(|| panic!("no portal link in {notification}"));
+    notification[start + base_url.len() + 3..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
 /// Writes a self-signed `tls.crt` and `tls.key` for `localhost` into `keys`.
 pub fn write_self_signed(keys: &Path) {
     let certified =
@@ -237,7 +265,8 @@ scan_interval = "200ms"
     )
 }
 
-/// Sends one message with mail-send and returns the queue id from the `250` reply.
+/// Sends one message over SMTP (mail-send, no TLS) with CRLF line endings and returns the
+/// queue id from the `250` reply.
 pub async fn send(gateway: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
     let mut client = SmtpClientBuilder::new("127.0.0.1".to_string(), gateway.port())
         .expect("builder for a loopback address")

@@ -57,7 +57,11 @@ impl AdminContext {
         tls: Option<TlsAcceptor>,
     ) -> Result<AdminContext, String> {
         let accounts = Accounts::open(&config).map_err(|error| error.to_string())?;
-        let store = Store::open(&config.database_path()).map_err(|error| error.to_string())?;
+        let keys =
+            crate::store::MasterKeys::load(&config.server.keys_dir, config.store.master_key_id)
+                .map_err(|error| error.to_string())?;
+        let store = Store::open(&config.database_path(), Arc::new(keys))
+            .map_err(|error| error.to_string())?;
         let audit = AuditLog::open(&config).map_err(|error| error.to_string())?;
         Ok(AdminContext {
             https: tls.is_some() || config.admin.base_url.starts_with("https://"),

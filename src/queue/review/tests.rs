@@ -45,7 +45,8 @@ fn held(
 
 fn open_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("queue.db")).unwrap();
+    let keys = crate::store::test_master_keys(&dir.path().join("keys"));
+    let store = Store::open(&dir.path().join("queue.db"), keys).unwrap();
     // Thousands of fsyncs would dominate the test's run time.
     store
         .connection
