@@ -231,10 +231,10 @@ impl Session {
     ) -> Reply {
         let id = QueueId::generate();
         let body_8bit = transaction.declared_8bit || !body.is_ascii();
-        let mut message = self
-            .received_header(greeting, &transaction, &id)
-            .into_bytes();
-        message.extend_from_slice(&body);
+        // Inserting in place keeps one copy of the body in memory, not two.
+        let mut message = body;
+        let received = self.received_header(greeting, &transaction, &id);
+        message.splice(0..0, received.into_bytes());
         let size = message.len();
         let nrcpt = transaction.recipients.len();
         let sender = transaction.sender;
