@@ -16,19 +16,20 @@ use crate::telemetry::{MAIL_LOG, escape_field};
 
 /// Defects that make received data unacceptable. The reader still reads on to the end of data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Flaws {
+pub struct Flaws {
     /// A CR not followed by LF, or an LF not preceded by CR.
-    pub(crate) bare_line_break: bool,
+    pub bare_line_break: bool,
     /// A line longer than the text line limit, CRLF included.
-    pub(crate) line_too_long: bool,
+    pub line_too_long: bool,
     /// More bytes than the message size limit.
-    pub(crate) too_big: bool,
+    pub too_big: bool,
     /// A NUL byte, which RFC 5322 message text does not allow.
-    pub(crate) nul_byte: bool,
+    pub nul_byte: bool,
 }
 
 impl Flaws {
-    pub(crate) fn any(&self) -> bool {
+    /// True when any flaw is set.
+    pub fn any(&self) -> bool {
         self.bare_line_break || self.line_too_long || self.too_big || self.nul_byte
     }
 }
@@ -49,7 +50,7 @@ enum Position {
 }
 
 /// Turns the DATA byte stream into the message, one buffer at a time.
-pub(crate) struct DataDecoder {
+pub struct DataDecoder {
     body: Vec<u8>,
     max_size: usize,
     max_line: usize,
@@ -61,7 +62,7 @@ pub(crate) struct DataDecoder {
 impl DataDecoder {
     /// A decoder for a message of at most `max_size` bytes with lines of at most
     /// `max_line` bytes, CRLF included.
-    pub(crate) fn new(max_size: usize, max_line: usize) -> DataDecoder {
+    pub fn new(max_size: usize, max_line: usize) -> DataDecoder {
         DataDecoder {
             body: Vec::new(),
             max_size,
@@ -75,7 +76,7 @@ impl DataDecoder {
     /// Decodes `input`. Returns `Some(n)` when the end of data is found, `n` being the
     /// bytes consumed through the final LF; the rest belongs to the next command.
     /// Returns `None` when all of `input` was consumed and more is needed.
-    pub(crate) fn feed(&mut self, input: &[u8]) -> Option<usize> {
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
         for (index, &byte) in input.iter().enumerate() {
             self.line_length += 1;
             if self.line_length > self.max_line {
@@ -103,7 +104,7 @@ impl DataDecoder {
     }
 
     /// The decoded message and its flaws.
-    pub(crate) fn finish(self) -> (Vec<u8>, Flaws) {
+    pub fn finish(self) -> (Vec<u8>, Flaws) {
         (self.body, self.flaws)
     }
 
@@ -230,10 +231,10 @@ impl Session {
     ) -> Reply {
         let id = QueueId::generate();
         let body_8bit = transaction.declared_8bit || !body.is_ascii();
-        let mut message = self
-            .received_header(greeting, &transaction, &id)
-            .into_bytes();
-        message.extend_from_slice(&body);
+        // Inserting in place keeps one copy of the body in memory, not two.
+        let mut message = body;
+        let received = self.received_header(greeting, &transaction, &id);
+        message.splice(0..0, received.into_bytes());
         let size = message.len();
         let nrcpt = transaction.recipients.len();
         let sender = transaction.sender;

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::queue::Spool;
 use connection::Connection;
+pub use data::{DataDecoder, Flaws};
 use limits::{ClientLimits, RejectionLog};
 use reply::Reply;
 use session::{Session, Step};
