@@ -2,7 +2,7 @@
 """Measure how long a sealgate binary takes to accept one message from each of N concurrent
 SMTP sessions (smtplib, one thread per session, all released together).
 
-Usage: scripts/bench-sessions.py BINARY [SESSIONS] [RUNS]
+Usage: bench/sessions.py BINARY [SESSIONS] [RUNS]
 
 Everything runs on loopback in a temporary folder: the gateway listens on a free port, and
 the recipient domain has a static route to smtp-sink, so deliveries go nowhere else. The
