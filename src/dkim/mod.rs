@@ -313,8 +313,9 @@ impl MessageSigner {
         None
     }
 
-    /// Signs `message` with every key of its signing domain. A message without a From
-    /// address, or whose From domain has no key, gets no signature.
+    /// Signs `message` with every key of its signing domain: the From domain's, or else
+    /// the `Sender:` domain's (mail sent on the author's behalf, such as portal replies).
+    /// A message for which neither has a key gets no signature.
     ///
     /// # Errors
     ///
@@ -323,12 +324,14 @@ impl MessageSigner {
         if self.is_empty() {
             return Ok(DkimSignatures::default());
         }
-        let Some(author) = author_domain(message) else {
+        let domain = [author_domain(message), sender_domain(message)]
+            .into_iter()
+            .flatten()
+            .find_map(|candidate| self.signing_domain(&candidate).map(str::to_owned));
+        let Some(domain) = domain else {
             return Ok(DkimSignatures::default());
         };
-        let Some(domain) = self.signing_domain(&author) else {
-            return Ok(DkimSignatures::default());
-        };
+        let domain = domain.as_str();
         let mut signatures = DkimSignatures::default();
         for key in self.domains.get(domain).into_iter().flatten() {
             let signature = key.signer.sign(message).map_err(|error| DkimError::Sign {
@@ -350,11 +353,23 @@ impl MessageSigner {
 /// Returns the lowercase domain of the first From address, or `None` when the message has
 /// no From address with a domain.
 pub fn author_domain(message: &[u8]) -> Option<String> {
+    header_domain(message, |parsed| parsed.from())
+}
+
+/// Returns the lowercase domain of the `Sender:` address, if there is one.
+pub fn sender_domain(message: &[u8]) -> Option<String> {
+    header_domain(message, |parsed| parsed.sender())
+}
+
+fn header_domain(
+    message: &[u8],
+    field: impl for<'a> Fn(&'a mail_parser::Message<'a>) -> Option<&'a mail_parser::Address<'a>>,
+) -> Option<String> {
     // mail-parser promises not to panic, but fuzzers found panics in earlier 0.11
-    // releases; a panic here means no From domain, so the message leaves unsigned.
+    // releases; a panic here means no domain, so the message leaves unsigned.
     let address = catch_unwind(AssertUnwindSafe(|| {
         let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
-        let address = parsed.from()?.first()?.address()?.to_owned();
+        let address = field(&parsed)?.first()?.address()?.to_owned();
         Some(address)
     }))
     .ok()??;

@@ -268,6 +268,7 @@ pub async fn send_reply(
     let original = parse_view(&content.raw).unwrap_or_default();
     let reply = build_reply(&Reply {
         from: &link.recipient,
+        sender: &context.settings.passcode_sender,
         to: &content.sender,
         original_subject: &original.subject,
         original_message_id: original.message_id.as_deref(),

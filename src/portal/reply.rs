@@ -24,6 +24,10 @@ pub struct ReplyAttachment {
 pub struct Reply<'a> {
     /// The verified recipient of the held message, who writes the reply.
     pub from: &'a str,
+    /// The portal's own address, written as `Sender:` because the portal transmits the
+    /// reply on the author's behalf; its domain's DKIM key signs the reply when the
+    /// author's domain has none.
+    pub sender: &'a str,
     /// Envelope sender of the held message, who gets the reply.
     pub to: &'a str,
     /// Subject of the held message.
@@ -54,6 +58,7 @@ pub fn build_reply(reply: &Reply<'_>) -> std::io::Result<AcceptedMessage> {
     };
     let mut builder = MessageBuilder::new()
         .from(Address::new_address(None::<&str>, reply.from))
+        .sender(Address::new_address(None::<&str>, reply.sender))
         .to(Address::new_address(None::<&str>, reply.to))
         .subject(subject)
         .header(
@@ -134,6 +139,7 @@ mod tests {
     fn reply_threads_to_original() {
         let message = build_reply(&Reply {
             from: "pat@example.org",
+            sender: "no-reply@portal.trust.nhs.uk",
             to: "ada@trust.nhs.uk",
             original_subject: "Results",
             original_message_id: Some("m1@trust.nhs.uk"),
@@ -152,6 +158,10 @@ mod tests {
         assert!(text.contains("References: <m1@trust.nhs.uk>"), "{text}");
         assert!(text.contains("Subject: Re: Results"), "{text}");
         assert!(text.contains("From: <pat@example.org>"), "{text}");
+        assert!(
+            text.contains("Sender: <no-reply@portal.trust.nhs.uk>"),
+            "{text}"
+        );
         assert!(text.contains("note.txt"), "{text}");
     }
 
