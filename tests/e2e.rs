@@ -205,8 +205,9 @@ async fn postfix_relays_through_gateway_to_verified_tls() {
         .expect("run swaks");
     assert!(
         swaks.status.success(),
-        "{}",
-        String::from_utf8_lossy(&swaks.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&swaks.stdout),
+        String::from_utf8_lossy(&swaks.stderr)
     );
 
     let messages = receiver.wait_for_messages(1, Duration::from_secs(60)).await;

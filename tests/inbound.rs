@@ -411,7 +411,11 @@ async fn swaks_delivers_with_starttls_and_auth_login() {
         .await
         .expect("swaks runs");
     let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{transcript}");
+    assert!(
+        output.status.success(),
+        "{transcript}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     assert!(transcript.contains("<~  235 2.7.0"), "{transcript}");
     let messages = server.messages();
@@ -431,7 +435,11 @@ async fn swaks_delivers_in_plain_text() {
         .await
         .expect("swaks runs");
     let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{transcript}");
+    assert!(
+        output.status.success(),
+        "{transcript}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(server.messages().len(), 1);
 }
 

@@ -30,8 +30,9 @@ fn submit(gateway: &Gateway, to: &str) {
         .expect("run swaks");
     assert!(
         output.status.success(),
-        "swaks failed: {}",
-        String::from_utf8_lossy(&output.stdout)
+        "swaks failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
