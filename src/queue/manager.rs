@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tokio::sync::{Notify, OnceCell, Semaphore, mpsc};
 
 use super::dsn::{self, FailedRecipient};
 use super::store::{
-    AttemptRecord, MessageSummary, RecipientRow, RecipientState, Store, now_millis,
+    AttemptRecord, MessageRoutes, MessageSummary, RecipientRow, RecipientState, Store, now_millis,
 };
 use super::{QueueError, Spool};
 use crate::audit::{AuditEvent, AuditLog};
@@ -32,6 +33,8 @@ use crate::telemetry::{MAIL_LOG, escape, escape_field};
 use super::portal::PortalHold;
 use super::review::{self, AuditNote};
 
+/// Unrouted messages routed together at most, with one commit.
+const INCOMING_BATCH: usize = 100;
 /// Recipients claimed per scan at most.
 const CLAIM_BATCH: usize = 200;
 /// How long a claim lasts. Longer than any attempt can take with the default timeouts; a
@@ -194,115 +197,145 @@ impl QueueManager {
         .unwrap_or_else(|join_error| Err(QueueError::CommitFailed(join_error.to_string())))
     }
 
-    /// Routes every message whose recipients have no route yet.
+    /// Routes every message whose recipients have no route yet, a batch at a time: one
+    /// blocking task reads the batch, one classifies it, and one transaction stores every
+    /// route.
     async fn route_incoming(&self) {
-        let incoming = match self.with_store(|store| store.incoming_messages(100)).await {
+        let incoming = match self.with_store(read_incoming).await {
             Ok(incoming) => incoming,
             Err(error) => {
                 tracing::error!(%error, "failed to read incoming messages");
                 return;
             }
         };
-        for id in incoming {
-            let lookup = id.clone();
-            let recipients = match self
-                .with_store(move |store| store.recipients(&lookup))
-                .await
-            {
-                Ok(recipients) => recipients,
-                Err(error) => {
-                    tracing::error!(queue_id = %id, %error, "failed to read recipients");
-                    continue;
-                }
-            };
-            let addresses: Vec<String> = recipients
+        if incoming.is_empty() {
+            return;
+        }
+        let classifier = Arc::clone(&self.classifier);
+        let classify_config = self.config.policy.classify.clone();
+        let classified = tokio::task::spawn_blocking(move || {
+            incoming
                 .into_iter()
-                .filter(|row| row.state == RecipientState::Incoming)
-                .map(|row| row.address)
-                .collect();
-            let lookup = id.clone();
-            let loaded = self
-                .with_store(move |store| Ok((store.message(&lookup)?, store.body(&lookup)?)))
-                .await;
-            let (summary, body) = match loaded {
-                Ok((Some(summary), Some(body))) => (summary, body),
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::error!(queue_id = %id, %error, "failed to read message for routing");
-                    continue;
-                }
-            };
-            let classifier = Arc::clone(&self.classifier);
-            let classify_config = self.config.policy.classify.clone();
-            // A notification sealgate wrote contains no content of the held message, and
-            // classifying it (its link could look like a sensitive pattern) would send it
-            // to the portal again.
-            let is_notification = summary.is_notification;
-            let release = summary.review_release;
-            let classified = tokio::task::spawn_blocking(move || {
-                if is_notification {
-                    return (classify::Classification::default(), None);
-                }
-                let classification = classifier.classify(&body);
-                let stripped = classify::strip_subject_tags(&body, &classify_config);
-                (classification, stripped)
-            })
-            .await;
-            let Ok((classification, stripped)) = classified else {
-                // Fail closed: without a classification nothing is routed, so nothing leaves.
-                tracing::error!(queue_id = %id, "classification task failed; message left unrouted");
-                continue;
-            };
-            let classification = review::apply_release(classification, release);
-            let plan = self.router.plan_classified(
-                &addresses,
-                &classification,
-                self.certificates.as_ref(),
-            );
-            let mut routes = Vec::new();
-            let mut notes = Vec::new();
-            for group in plan.groups {
-                for mut recipient in group.recipients {
-                    if let Some(mode) = release {
-                        recipient.reason = format!(
-                            "{}; released from review ({})",
-                            recipient.reason,
-                            mode.as_str()
-                        );
+                .filter_map(|message| {
+                    // A notification sealgate wrote contains no content of the held
+                    // message, and classifying it (its link could look like a sensitive
+                    // pattern) would send it to the portal again.
+                    if message.summary.is_notification {
+                        return Some((message, classify::Classification::default(), None));
                     }
-                    tracing::info!(
-                        target: MAIL_LOG,
-                        "{id}: to={}, route={}, reason=\"{}\"",
-                        display_address(&recipient.address),
-                        group.route,
-                        quoted_reason(Some(&recipient.reason))
-                    );
-                    notes.push(AuditNote {
-                        event: AuditEvent::Routed,
-                        actor: "policy",
-                        outcome: group.route.as_str().to_string(),
-                        detail: format!(
-                            "to={}; {}",
-                            display_address(&recipient.address),
-                            recipient.reason
-                        ),
-                    });
-                    routes.push((recipient.address, group.route, recipient.reason));
-                }
-            }
+                    // One message that panics the subject rewriting stays unrouted, so it
+                    // never leaves, and does not hold back the rest of the batch.
+                    let examined = catch_unwind(AssertUnwindSafe(|| {
+                        let classification = classifier.classify(&message.body);
+                        let stripped =
+                            classify::strip_subject_tags(&message.body, &classify_config);
+                        (classification, stripped)
+                    }));
+                    match examined {
+                        Ok((classification, stripped)) => {
+                            Some((message, classification, stripped))
+                        }
+                        Err(_) => {
+                            tracing::error!(
+                                queue_id = %message.summary.id,
+                                "classification panicked; message left unrouted"
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(classified) = classified else {
+            // Fail closed: without a classification nothing is routed, so nothing leaves.
+            tracing::error!("classification task failed; incoming messages left unrouted");
+            return;
+        };
+
+        let mut planned = Vec::with_capacity(classified.len());
+        let mut notes = Vec::new();
+        for (message, classification, stripped) in classified {
+            let id = message.summary.id;
+            let routes = self.plan_routes(
+                &id,
+                &message.addresses,
+                classification,
+                message.summary.review_release,
+                &mut notes,
+            );
             if stripped.is_some() {
                 tracing::info!(target: MAIL_LOG, "{id}: subject tag removed");
             }
-            let target = id.clone();
-            if let Err(error) = self
-                .with_store(move |store| store.set_routes(&target, &routes, stripped.as_deref()))
-                .await
-            {
-                tracing::error!(queue_id = %id, %error, "failed to store routes");
-                continue;
-            }
-            review::record_notes(&self.audit, &id, notes).await;
+            planned.push((id, routes, stripped));
         }
+        let count = planned.len();
+        if let Err(error) = self
+            .with_store(move |store| {
+                let messages: Vec<MessageRoutes<'_>> = planned
+                    .iter()
+                    .map(|(id, routes, stripped)| MessageRoutes {
+                        id,
+                        routes,
+                        body: stripped.as_deref(),
+                    })
+                    .collect();
+                store.set_routes_of_all(&messages)
+            })
+            .await
+        {
+            tracing::error!(messages = count, %error, "failed to store routes");
+            return;
+        }
+        review::record_notes(&self.audit, notes).await;
+    }
+
+    /// Chooses the route of each of a message's `addresses`, logs each choice and adds its
+    /// audit note to `notes`; returns `(address, route, reason)` for each.
+    fn plan_routes(
+        &self,
+        id: &QueueId,
+        addresses: &[String],
+        classification: classify::Classification,
+        release: Option<review::ReleaseMode>,
+        notes: &mut Vec<(QueueId, AuditNote)>,
+    ) -> Vec<(String, Route, String)> {
+        let classification = review::apply_release(classification, release);
+        let plan =
+            self.router
+                .plan_classified(addresses, &classification, self.certificates.as_ref());
+        let mut routes = Vec::new();
+        for group in plan.groups {
+            for mut recipient in group.recipients {
+                if let Some(mode) = release {
+                    recipient.reason = format!(
+                        "{}; released from review ({})",
+                        recipient.reason,
+                        mode.as_str()
+                    );
+                }
+                tracing::info!(
+                    target: MAIL_LOG,
+                    "{id}: to={}, route={}, reason=\"{}\"",
+                    display_address(&recipient.address),
+                    group.route,
+                    quoted_reason(Some(&recipient.reason))
+                );
+                let note = AuditNote {
+                    event: AuditEvent::Routed,
+                    actor: "policy",
+                    outcome: group.route.as_str().to_string(),
+                    detail: format!(
+                        "to={}; {}",
+                        display_address(&recipient.address),
+                        recipient.reason
+                    ),
+                };
+                notes.push((id.clone(), note));
+                routes.push((recipient.address, group.route, recipient.reason));
+            }
+        }
+        routes
     }
 
     /// Claims due recipients and starts one worker per (message, route, domain) group.
@@ -500,7 +533,11 @@ impl QueueManager {
             tracing::error!(queue_id = %id, %error, "failed to record delivery results");
             return;
         }
-        review::record_notes(&self.audit, &id, notes).await;
+        review::record_notes(
+            &self.audit,
+            notes.into_iter().map(|note| (id.clone(), note)).collect(),
+        )
+        .await;
         for address in &moved {
             tracing::info!(
                 target: MAIL_LOG,
@@ -913,6 +950,47 @@ impl DeliveryWorker {
             }
         }
     }
+}
+
+/// An unrouted message as routing reads it.
+struct IncomingMessage {
+    summary: MessageSummary,
+    /// The recipients still `incoming`.
+    addresses: Vec<String>,
+    body: Vec<u8>,
+}
+
+/// Reads up to [`INCOMING_BATCH`] unrouted messages, oldest first. A message that cannot be
+/// read is logged and left unrouted, so it never leaves, and the others go on.
+fn read_incoming(store: &mut Store) -> Result<Vec<IncomingMessage>, QueueError> {
+    let ids = store.incoming_messages(INCOMING_BATCH)?;
+    let mut incoming = Vec::with_capacity(ids.len());
+    for id in ids {
+        let read = || -> Result<Option<IncomingMessage>, QueueError> {
+            let addresses = store
+                .recipients(&id)?
+                .into_iter()
+                .filter(|row| row.state == RecipientState::Incoming)
+                .map(|row| row.address)
+                .collect();
+            let (Some(summary), Some(body)) = (store.message(&id)?, store.body(&id)?) else {
+                return Ok(None);
+            };
+            Ok(Some(IncomingMessage {
+                summary,
+                addresses,
+                body,
+            }))
+        };
+        match read() {
+            Ok(Some(message)) => incoming.push(message),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to read message for routing")
+            }
+        }
+    }
+    Ok(incoming)
 }
 
 /// Returns the report of an attempt stopped before any connection because the message

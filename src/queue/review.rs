@@ -339,16 +339,19 @@ pub(super) struct AuditNote {
     pub detail: String,
 }
 
-/// Appends the notes about message `id` to the audit trail in one transaction on a
-/// blocking thread. A failure is logged: the routing or delivery it describes has already
-/// been committed.
-pub(super) async fn record_notes(audit: &AuditLog, id: &QueueId, notes: Vec<AuditNote>) {
+/// Appends notes, each about the message with its queue id, to the audit trail in one
+/// transaction on a blocking thread. A failure is logged: the routing or delivery they
+/// describe has already been committed.
+pub(super) async fn record_notes(audit: &AuditLog, notes: Vec<(QueueId, AuditNote)>) {
+    if notes.is_empty() {
+        return;
+    }
     let audit = audit.clone();
-    let queue_id = id.clone();
+    let count = notes.len();
     let written = tokio::task::spawn_blocking(move || {
         let records: Vec<AuditRecord<'_>> = notes
             .iter()
-            .map(|note| AuditRecord {
+            .map(|(queue_id, note)| AuditRecord {
                 event: note.event,
                 actor: note.actor,
                 held_id: None,
@@ -362,8 +365,8 @@ pub(super) async fn record_notes(audit: &AuditLog, id: &QueueId, notes: Vec<Audi
     .await;
     match written {
         Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::error!(queue_id = %id, %error, "failed to write audit entries"),
-        Err(error) => tracing::error!(queue_id = %id, %error, "audit task failed"),
+        Ok(Err(error)) => tracing::error!(entries = count, %error, "failed to write audit entries"),
+        Err(error) => tracing::error!(entries = count, %error, "audit task failed"),
     }
 }
 

@@ -146,6 +146,16 @@ pub struct AttemptRecord {
     pub detail: String,
 }
 
+/// The routes policy chose for one message's recipients.
+pub struct MessageRoutes<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// `(address, route, reason)` for each recipient.
+    pub routes: &'a [(String, Route, String)],
+    /// A replacement for the stored message, as when a subject tag was removed.
+    pub body: Option<&'a [u8]>,
+}
+
 /// One open connection to the queue database, with the master keys for its bodies.
 pub struct Store {
     pub(super) connection: Connection,
@@ -244,39 +254,16 @@ impl Store {
         routes: &[(String, Route, String)],
         body: Option<&[u8]>,
     ) -> Result<(), QueueError> {
+        self.set_routes_of_all(&[MessageRoutes { id, routes, body }])
+    }
+
+    /// Stores the routes of several messages as [`Store::set_routes`] does, all in one
+    /// transaction, so that one commit serves a whole batch of incoming mail.
+    pub fn set_routes_of_all(&mut self, messages: &[MessageRoutes<'_>]) -> Result<(), QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        {
-            let mut update = transaction.prepare_cached(
-                "UPDATE recipients SET route = ?3, reason = ?4, state = ?5, next_attempt = ?6
-                 WHERE message_id = ?1 AND address = ?2 AND state = 'incoming'",
-            )?;
-            for (address, route, reason) in routes {
-                let state = if route.is_held() {
-                    RecipientState::Held
-                } else {
-                    RecipientState::Pending
-                };
-                update.execute(params![
-                    id.as_str(),
-                    address,
-                    route.as_str(),
-                    reason,
-                    state_name(state),
-                    now
-                ])?;
-            }
-            transaction.execute(
-                "UPDATE messages SET routed_at = ?2 WHERE id = ?1",
-                params![id.as_str(), now],
-            )?;
-            if let Some(body) = body {
-                let (key_id, sealed) = seal_body(&self.keys, id.as_str(), body);
-                transaction.execute(
-                    "UPDATE messages SET body = ?2, body_key_id = ?3, size = ?4 WHERE id = ?1",
-                    params![id.as_str(), sealed, key_id, body.len() as i64],
-                )?;
-            }
+        for message in messages {
+            store_routes(&transaction, &self.keys, message, now)?;
         }
         transaction.commit()?;
         Ok(())
@@ -732,6 +719,47 @@ impl SealedBody {
         let (key_id, blob) = seal_body(keys, id.as_str(), body);
         SealedBody { key_id, blob }
     }
+}
+
+/// Stores one message's routes inside the caller's transaction.
+fn store_routes(
+    connection: &Connection,
+    keys: &MasterKeys,
+    message: &MessageRoutes<'_>,
+    now: i64,
+) -> Result<(), QueueError> {
+    let id = message.id.as_str();
+    let mut update = connection.prepare_cached(
+        "UPDATE recipients SET route = ?3, reason = ?4, state = ?5, next_attempt = ?6
+         WHERE message_id = ?1 AND address = ?2 AND state = 'incoming'",
+    )?;
+    for (address, route, reason) in message.routes {
+        let state = if route.is_held() {
+            RecipientState::Held
+        } else {
+            RecipientState::Pending
+        };
+        update.execute(params![
+            id,
+            address,
+            route.as_str(),
+            reason,
+            state_name(state),
+            now
+        ])?;
+    }
+    connection.execute(
+        "UPDATE messages SET routed_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    if let Some(body) = message.body {
+        let (key_id, sealed) = seal_body(keys, id, body);
+        connection.execute(
+            "UPDATE messages SET body = ?2, body_key_id = ?3, size = ?4 WHERE id = ?1",
+            params![id, sealed, key_id, body.len() as i64],
+        )?;
+    }
+    Ok(())
 }
 
 /// Inserts one message and its recipients, all `incoming`.
