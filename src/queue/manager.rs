@@ -13,7 +13,8 @@ use tokio::sync::{Notify, OnceCell, Semaphore, mpsc};
 
 use super::dsn::{self, FailedRecipient};
 use super::store::{
-    AttemptRecord, MessageRoutes, MessageSummary, RecipientRow, RecipientState, Store, now_millis,
+    AttemptRecord, MessageRoutes, MessageSummary, RecipientRow, RecipientState, RecipientUpdate,
+    Store, now_millis,
 };
 use super::{QueueError, Spool};
 use crate::audit::{AuditEvent, AuditLog};
@@ -58,17 +59,6 @@ pub struct QueueManager {
     dkim: Arc<MessageSigner>,
     audit: AuditLog,
     wake: Arc<Notify>,
-}
-
-/// The new state of one recipient after an attempt.
-struct RecipientUpdate {
-    address: String,
-    state: RecipientState,
-    next_attempt: i64,
-    record: AttemptRecord,
-    expired: bool,
-    /// Verified TLS kept failing: the recipient moves to the portal route.
-    to_portal: bool,
 }
 
 /// A worker's report for one group.
@@ -232,9 +222,7 @@ impl QueueManager {
                         (classification, stripped)
                     }));
                     match examined {
-                        Ok((classification, stripped)) => {
-                            Some((message, classification, stripped))
-                        }
+                        Ok((classification, stripped)) => Some((message, classification, stripped)),
                         Err(_) => {
                             tracing::error!(
                                 queue_id = %message.summary.id,
@@ -510,29 +498,16 @@ impl QueueManager {
 
         let target = id.clone();
         let reason = fallback_reason.clone();
-        if let Err(error) = self
-            .with_store(move |store| {
-                for update in &updates {
-                    if update.to_portal {
-                        store.move_to_portal(&target, &update.address, &reason, &update.record)?;
-                    } else {
-                        store.record_attempt(
-                            &target,
-                            &update.address,
-                            update.state,
-                            update.next_attempt,
-                            &update.record,
-                            update.expired,
-                        )?;
-                    }
-                }
-                Ok(())
-            })
+        let removed = match self
+            .with_store(move |store| store.record_results(&target, &updates, &reason))
             .await
         {
-            tracing::error!(queue_id = %id, %error, "failed to record delivery results");
-            return;
-        }
+            Ok(removed) => removed,
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to record delivery results");
+                return;
+            }
+        };
         review::record_notes(
             &self.audit,
             notes.into_iter().map(|note| (id.clone(), note)).collect(),
@@ -547,7 +522,11 @@ impl QueueManager {
             );
             self.tell_sender_of_fallback(&id, &summary, address).await;
         }
-        self.report_bounces(&id).await;
+        if removed {
+            tracing::info!(target: MAIL_LOG, "{id}: removed");
+        } else {
+            self.report_bounces(&id).await;
+        }
     }
 
     /// True when a `forced-tls` recipient's TLS failure reaches the configured fallback

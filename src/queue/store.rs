@@ -146,6 +146,22 @@ pub struct AttemptRecord {
     pub detail: String,
 }
 
+/// The new state of one recipient after an attempt.
+pub struct RecipientUpdate {
+    /// The recipient's address.
+    pub address: String,
+    /// Its new state; ignored when `to_portal` is set.
+    pub state: RecipientState,
+    /// When to try again, for `Pending`.
+    pub next_attempt: i64,
+    /// The facts of the attempt.
+    pub record: AttemptRecord,
+    /// It bounced because its time in the queue ran out.
+    pub expired: bool,
+    /// Verified TLS kept failing: the recipient moves to the `portal` route.
+    pub to_portal: bool,
+}
+
 /// The routes policy chose for one message's recipients.
 pub struct MessageRoutes<'a> {
     /// Queue id.
@@ -380,65 +396,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records an attempt's result for one recipient: its new state, the next attempt time
-    /// (for `Pending`) and the facts of the attempt. Releases the claim. A `Bounced`
-    /// recipient is marked for the next DSN, and `expired` records why it bounced.
-    pub fn record_attempt(
+    /// Records the results of one attempt at a message's recipients in one transaction, and
+    /// in the same transaction deletes the message when nothing is left to do for it: every
+    /// recipient sent, or bounced and reported. Returns whether it deleted the message.
+    ///
+    /// A recipient with `to_portal` moves to the `portal` route and is held with
+    /// `portal_reason`. Every other one gets its new state and next attempt time; a
+    /// `Bounced` one is marked for the next DSN, and `expired` records why it bounced. Each
+    /// recipient's claim is released and the facts of the attempt are kept.
+    pub fn record_results(
         &mut self,
         id: &QueueId,
-        address: &str,
-        state: RecipientState,
-        next_attempt: i64,
-        record: &AttemptRecord,
-        expired: bool,
-    ) -> Result<(), QueueError> {
-        self.connection.execute(
-            "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4,
-                 claimed_until = 0, last_status = ?5, last_relay = ?6, last_tls = ?7,
-                 last_detail = ?8, dsn_pending = ?9, expired = ?10
-             WHERE message_id = ?1 AND address = ?2",
-            params![
-                id.as_str(),
-                address,
-                state_name(state),
-                next_attempt,
-                record.status,
-                record.relay,
-                record.tls,
-                record.detail,
-                state == RecipientState::Bounced,
-                expired,
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Moves a `forced-tls` recipient whose TLS keeps failing to the `portal` route: it
-    /// becomes held, with `reason`, and the attempt's facts are recorded. Releases the claim.
-    pub fn move_to_portal(
-        &mut self,
-        id: &QueueId,
-        address: &str,
-        reason: &str,
-        record: &AttemptRecord,
-    ) -> Result<(), QueueError> {
-        self.connection.execute(
-            "UPDATE recipients SET route = 'portal', state = 'held', reason = ?3,
-                 attempts = attempts + 1, next_attempt = ?4, claimed_until = 0,
-                 last_status = ?5, last_relay = ?6, last_tls = ?7, last_detail = ?8
-             WHERE message_id = ?1 AND address = ?2",
-            params![
-                id.as_str(),
-                address,
-                reason,
-                now_millis(),
-                record.status,
-                record.relay,
-                record.tls,
-                record.detail,
-            ],
-        )?;
-        Ok(())
+        updates: &[RecipientUpdate],
+        portal_reason: &str,
+    ) -> Result<bool, QueueError> {
+        let now = now_millis();
+        let transaction = self.connection.transaction()?;
+        for update in updates {
+            record_result(&transaction, id, update, portal_reason, now)?;
+        }
+        let deleted = delete_if_done(&transaction, id)?;
+        transaction.commit()?;
+        Ok(deleted)
     }
 
     /// True while any recipient of the message is claimed by a delivery attempt.
@@ -482,29 +461,18 @@ impl Store {
     /// Deletes a message whose recipients are all sent or bounced and reported; returns
     /// whether it did.
     pub fn delete_if_done(&mut self, id: &QueueId) -> Result<bool, QueueError> {
-        let open: i64 = self.connection.query_row(
-            "SELECT COUNT(*) FROM recipients
-             WHERE message_id = ?1
-               AND (state IN ('incoming', 'pending', 'held') OR dsn_pending = 1)",
-            [id.as_str()],
-            |row| row.get(0),
-        )?;
-        if open > 0 {
-            return Ok(false);
-        }
-        self.delete(id)
+        let transaction = self.connection.transaction()?;
+        let deleted = delete_if_done(&transaction, id)?;
+        transaction.commit()?;
+        Ok(deleted)
     }
 
     /// Deletes a message and its recipients; returns whether it existed.
     pub fn delete(&mut self, id: &QueueId) -> Result<bool, QueueError> {
         let transaction = self.connection.transaction()?;
-        transaction.execute(
-            "DELETE FROM recipients WHERE message_id = ?1",
-            [id.as_str()],
-        )?;
-        let deleted = transaction.execute("DELETE FROM messages WHERE id = ?1", [id.as_str()])?;
+        let deleted = delete_message(&transaction, id)?;
         transaction.commit()?;
-        Ok(deleted > 0)
+        Ok(deleted)
     }
 
     /// `(message id, address)` of held `portal` recipients not yet moved into the hold
@@ -762,6 +730,84 @@ fn store_routes(
     Ok(())
 }
 
+/// Stores one recipient's result inside the caller's transaction.
+fn record_result(
+    connection: &Connection,
+    id: &QueueId,
+    update: &RecipientUpdate,
+    portal_reason: &str,
+    now: i64,
+) -> Result<(), QueueError> {
+    let record = &update.record;
+    if update.to_portal {
+        connection
+            .prepare_cached(
+                "UPDATE recipients SET route = 'portal', state = 'held', reason = ?3,
+                     attempts = attempts + 1, next_attempt = ?4, claimed_until = 0,
+                     last_status = ?5, last_relay = ?6, last_tls = ?7, last_detail = ?8
+                 WHERE message_id = ?1 AND address = ?2",
+            )?
+            .execute(params![
+                id.as_str(),
+                update.address,
+                portal_reason,
+                now,
+                record.status,
+                record.relay,
+                record.tls,
+                record.detail,
+            ])?;
+    } else {
+        connection
+            .prepare_cached(
+                "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4,
+                     claimed_until = 0, last_status = ?5, last_relay = ?6, last_tls = ?7,
+                     last_detail = ?8, dsn_pending = ?9, expired = ?10
+                 WHERE message_id = ?1 AND address = ?2",
+            )?
+            .execute(params![
+                id.as_str(),
+                update.address,
+                state_name(update.state),
+                update.next_attempt,
+                record.status,
+                record.relay,
+                record.tls,
+                record.detail,
+                update.state == RecipientState::Bounced,
+                update.expired,
+            ])?;
+    }
+    Ok(())
+}
+
+/// Deletes the message inside the caller's transaction when every recipient is sent, or
+/// bounced and reported; returns whether it did. A claimed recipient is still `pending`.
+fn delete_if_done(connection: &Connection, id: &QueueId) -> Result<bool, QueueError> {
+    let open: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM recipients
+         WHERE message_id = ?1
+           AND (state IN ('incoming', 'pending', 'held') OR dsn_pending = 1)",
+        [id.as_str()],
+        |row| row.get(0),
+    )?;
+    if open > 0 {
+        return Ok(false);
+    }
+    delete_message(connection, id)
+}
+
+/// Deletes a message and its recipients inside the caller's transaction; returns whether
+/// it existed.
+fn delete_message(connection: &Connection, id: &QueueId) -> Result<bool, QueueError> {
+    connection.execute(
+        "DELETE FROM recipients WHERE message_id = ?1",
+        [id.as_str()],
+    )?;
+    let deleted = connection.execute("DELETE FROM messages WHERE id = ?1", [id.as_str()])?;
+    Ok(deleted > 0)
+}
+
 /// Inserts one message and its recipients, all `incoming`.
 fn insert_message(
     connection: &Connection,
@@ -910,6 +956,206 @@ mod tests {
 
     fn message_body(marker: &[u8]) -> Vec<u8> {
         [b"Subject: results\r\n\r\n".as_slice(), marker, b"\r\n"].concat()
+    }
+
+    /// Opens a store under `folder` with one message to two recipients, both routed
+    /// `opportunistic`; returns the store, the message's id and the routes.
+    fn routed_to_two(folder: &Path) -> (Store, QueueId, Vec<(String, Route, String)>) {
+        let keys = test_master_keys(&folder.join("keys"));
+        let mut store = Store::open(&folder.join("queue.sqlite"), keys).expect("store");
+        let id = QueueId::generate();
+        let mut message = accepted(&message_body(MARKER));
+        message.recipients.push("second@example.net".into());
+        store
+            .insert_messages(&[(id.clone(), &message, false)])
+            .expect("insert");
+        let routes: Vec<_> = ["rcpt@example.net", "second@example.net"]
+            .into_iter()
+            .map(|address| (address.to_string(), Route::Opportunistic, String::new()))
+            .collect();
+        store.set_routes(&id, &routes, None).expect("routes");
+        (store, id, routes)
+    }
+
+    fn result(address: &str, state: RecipientState, status: &str) -> RecipientUpdate {
+        RecipientUpdate {
+            address: address.into(),
+            state,
+            next_attempt: now_millis() + 60_000,
+            record: AttemptRecord {
+                status: status.into(),
+                relay: Some("mx.example.net[127.0.0.1]:25".into()),
+                tls: "none".into(),
+                detail: "reply".into(),
+            },
+            expired: false,
+            to_portal: false,
+        }
+    }
+
+    fn states(store: &Store, id: &QueueId) -> Vec<(String, Option<String>, RecipientState)> {
+        store
+            .recipients(id)
+            .expect("recipients")
+            .into_iter()
+            .map(|row| (row.address, row.route, row.state))
+            .collect()
+    }
+
+    #[test]
+    fn routes_of_a_batch_are_stored_in_one_call() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let mut store = Store::open(&dir.path().join("queue.sqlite"), keys).expect("store");
+        let (first, second) = (QueueId::generate(), QueueId::generate());
+        let body = message_body(MARKER);
+        store
+            .insert_messages(&[
+                (first.clone(), &accepted(&body), false),
+                (second.clone(), &accepted(&body), false),
+            ])
+            .expect("insert");
+        let relayed = [(
+            "rcpt@example.net".to_string(),
+            Route::Opportunistic,
+            "no rule".to_string(),
+        )];
+        let held = [(
+            "rcpt@example.net".to_string(),
+            Route::Portal,
+            "sensitive".to_string(),
+        )];
+        let stripped = message_body(b"tag removed");
+        store
+            .set_routes_of_all(&[
+                MessageRoutes {
+                    id: &first,
+                    routes: &relayed,
+                    body: None,
+                },
+                MessageRoutes {
+                    id: &second,
+                    routes: &held,
+                    body: Some(&stripped),
+                },
+            ])
+            .expect("routes");
+
+        assert!(store.incoming_messages(10).expect("incoming").is_empty());
+        let route = |name: &str| Some(name.to_string());
+        assert_eq!(
+            states(&store, &first),
+            [(
+                "rcpt@example.net".into(),
+                route("opportunistic"),
+                RecipientState::Pending
+            )]
+        );
+        assert_eq!(
+            states(&store, &second),
+            [(
+                "rcpt@example.net".into(),
+                route("portal"),
+                RecipientState::Held
+            )]
+        );
+        assert_eq!(store.body(&first).expect("body"), Some(body));
+        assert_eq!(store.body(&second).expect("body"), Some(stripped));
+    }
+
+    #[test]
+    fn results_delete_the_message_once_nothing_is_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut store, id, _) = routed_to_two(dir.path());
+        let now = now_millis();
+        assert_eq!(
+            store.claim_due(now, now + 60_000, 10).expect("claim").len(),
+            2
+        );
+
+        // One sent, one deferred: the message stays, and the deferred one is no longer
+        // claimed.
+        let deleted = store
+            .record_results(
+                &id,
+                &[
+                    result("rcpt@example.net", RecipientState::Sent, "2.0.0"),
+                    result("second@example.net", RecipientState::Pending, "4.4.1"),
+                ],
+                "",
+            )
+            .expect("first results");
+        assert!(!deleted);
+        assert!(!store.in_flight(&id, now).expect("in flight"));
+        let rows = store.recipients(&id).expect("recipients");
+        assert_eq!(rows[1].state, RecipientState::Pending);
+        assert_eq!(rows[1].attempts, 1);
+        assert_eq!(rows[1].last_status.as_deref(), Some("4.4.1"));
+
+        // A bounce waits for its DSN before the message may go.
+        let deleted = store
+            .record_results(
+                &id,
+                &[result(
+                    "second@example.net",
+                    RecipientState::Bounced,
+                    "5.1.1",
+                )],
+                "",
+            )
+            .expect("bounce");
+        assert!(!deleted);
+        assert_eq!(
+            store.messages_with_pending_dsn().expect("pending DSN"),
+            std::slice::from_ref(&id)
+        );
+        store
+            .clear_dsn_pending(&id, &["second@example.net".into()])
+            .expect("reported");
+        assert!(store.delete_if_done(&id).expect("delete"));
+        assert!(store.message(&id).expect("message").is_none());
+    }
+
+    #[test]
+    fn results_move_to_the_portal_and_delete_delivered_mail() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut store, id, routes) = routed_to_two(dir.path());
+        let mut moved = result("second@example.net", RecipientState::Pending, "4.7.5");
+        moved.to_portal = true;
+        let deleted = store
+            .record_results(
+                &id,
+                &[
+                    result("rcpt@example.net", RecipientState::Sent, "2.0.0"),
+                    moved,
+                ],
+                "verified TLS failed",
+            )
+            .expect("results");
+        // The recipient moved to the portal is still open.
+        assert!(!deleted);
+        let rows = store.recipients(&id).expect("recipients");
+        assert_eq!(rows[1].route.as_deref(), Some("portal"));
+        assert_eq!(rows[1].state, RecipientState::Held);
+        assert_eq!(rows[1].reason.as_deref(), Some("verified TLS failed"));
+
+        let other = QueueId::generate();
+        store
+            .insert_messages(&[(other.clone(), &accepted(&message_body(MARKER)), false)])
+            .expect("insert");
+        store
+            .set_routes(&other, &routes[..1], None)
+            .expect("routes");
+        let deleted = store
+            .record_results(
+                &other,
+                &[result("rcpt@example.net", RecipientState::Sent, "2.0.0")],
+                "",
+            )
+            .expect("results");
+        assert!(deleted);
+        assert!(store.message(&other).expect("message").is_none());
+        assert!(store.recipients(&other).expect("recipients").is_empty());
     }
 
     #[test]
