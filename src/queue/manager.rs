@@ -161,13 +161,17 @@ impl QueueManager {
             }
             self.report_leftover_bounces().await;
             self.dispatch_due(&done_sender, &workers).await;
+            let mut finished = Vec::new();
             tokio::select! {
                 _ = self.wake.notified() => {}
-                Some(done) = done_receiver.recv() => self.finish_attempt(done).await,
+                Some(done) = done_receiver.recv() => finished.push(done),
                 _ = tokio::time::sleep(scan_interval) => {}
             }
             while let Ok(done) = done_receiver.try_recv() {
-                self.finish_attempt(done).await;
+                finished.push(done);
+            }
+            if !finished.is_empty() {
+                self.finish_attempts(finished).await;
             }
         }
     }
@@ -382,8 +386,93 @@ impl QueueManager {
         }
     }
 
-    /// Records a worker's report: states, log lines, retry times, DSNs.
-    async fn finish_attempt(&self, done: WorkerDone) {
+    /// Records the reports of the workers that finished together: states, log lines, retry
+    /// times, DSNs. Their recipients are read in one blocking task and every result is
+    /// stored in one transaction, so one commit serves the whole batch.
+    async fn finish_attempts(&self, finished: Vec<WorkerDone>) {
+        let ids: Vec<QueueId> = finished.iter().map(|done| done.id.clone()).collect();
+        let rows = match self
+            .with_store(move |store| {
+                ids.iter()
+                    .map(|id| store.recipients(id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                // Without the stored rows, reasons and attempt counts start from nothing;
+                // the results are still recorded.
+                tracing::error!(%error, "failed to read recipients of finished attempts");
+                Vec::new()
+            }
+        };
+
+        let now = now_millis();
+        let mut attempts = Vec::with_capacity(finished.len());
+        let mut notes = Vec::new();
+        let mut followups = Vec::with_capacity(finished.len());
+        for (index, done) in finished.into_iter().enumerate() {
+            let rows = rows.get(index).map(Vec::as_slice).unwrap_or_default();
+            let (updates, message_notes) = self.results_of(&done, rows, now);
+            let moved: Vec<String> = updates
+                .iter()
+                .filter(|update| update.to_portal)
+                .map(|update| update.address.clone())
+                .collect();
+            notes.extend(
+                message_notes
+                    .into_iter()
+                    .map(|note| (done.id.clone(), note)),
+            );
+            followups.push((done.id.clone(), done.summary, moved));
+            attempts.push((done.id, updates));
+        }
+        let attempts_needed = self.config.policy.forced_tls_fallback_after.unwrap_or(0);
+        let fallback_reason =
+            format!("verified TLS failed {attempts_needed} times; moved to the portal");
+
+        let reason = fallback_reason.clone();
+        let removed = match self
+            .with_store(move |store| store.record_results(&attempts, &reason))
+            .await
+        {
+            Ok(removed) => removed,
+            Err(error) => {
+                for (id, _, _) in &followups {
+                    tracing::error!(queue_id = %id, %error, "failed to record delivery results");
+                }
+                return;
+            }
+        };
+        review::record_notes(&self.audit, notes).await;
+        for ((id, summary, moved), removed) in followups.into_iter().zip(removed) {
+            for address in &moved {
+                tracing::info!(
+                    target: MAIL_LOG,
+                    "{id}: to={}, route=portal, reason=\"{}\"",
+                    display_address(address),
+                    quoted_reason(Some(&fallback_reason))
+                );
+                self.tell_sender_of_fallback(&id, &summary, address).await;
+            }
+            if removed {
+                tracing::info!(target: MAIL_LOG, "{id}: removed");
+            } else {
+                self.report_bounces(&id).await;
+            }
+        }
+    }
+
+    /// Turns one worker's report into the new state of each recipient it tried, logs each
+    /// result and returns the states with their audit notes. `rows` are the message's
+    /// recipients as stored before the attempt.
+    fn results_of(
+        &self,
+        done: &WorkerDone,
+        rows: &[RecipientRow],
+        now: i64,
+    ) -> (Vec<RecipientUpdate>, Vec<AuditNote>) {
         let WorkerDone {
             id,
             route,
@@ -392,7 +481,7 @@ impl QueueManager {
             report,
             dkim,
         } = done;
-        let now = now_millis();
+        let (route, started_at) = (*route, *started_at);
         let expires_at = summary.received_at + self.config.queue.max_lifetime.0.as_millis() as i64;
         let routed_at = summary.routed_at.unwrap_or(summary.received_at);
         let delays = format!(
@@ -404,11 +493,6 @@ impl QueueManager {
         );
         let relay = report.relay.clone().unwrap_or_else(|| "none".into());
         let tls = report.tls_field();
-        let lookup = id.clone();
-        let rows = self
-            .with_store(move |store| store.recipients(&lookup))
-            .await
-            .unwrap_or_default();
         let row_of = |address: &str| rows.iter().find(|row| row.address == address);
 
         let mut updates = Vec::new();
@@ -433,7 +517,7 @@ impl QueueManager {
                 DeliveryStatus::Deferred(failure)
                     if self.falls_back_to_portal(
                         route,
-                        &summary,
+                        summary,
                         failure,
                         row_of(&result.recipient),
                     ) =>
@@ -487,46 +571,7 @@ impl QueueManager {
                 to_portal: fallback,
             });
         }
-        let moved: Vec<String> = updates
-            .iter()
-            .filter(|update| update.to_portal)
-            .map(|update| update.address.clone())
-            .collect();
-        let attempts_needed = self.config.policy.forced_tls_fallback_after.unwrap_or(0);
-        let fallback_reason =
-            format!("verified TLS failed {attempts_needed} times; moved to the portal");
-
-        let target = id.clone();
-        let reason = fallback_reason.clone();
-        let removed = match self
-            .with_store(move |store| store.record_results(&target, &updates, &reason))
-            .await
-        {
-            Ok(removed) => removed,
-            Err(error) => {
-                tracing::error!(queue_id = %id, %error, "failed to record delivery results");
-                return;
-            }
-        };
-        review::record_notes(
-            &self.audit,
-            notes.into_iter().map(|note| (id.clone(), note)).collect(),
-        )
-        .await;
-        for address in &moved {
-            tracing::info!(
-                target: MAIL_LOG,
-                "{id}: to={}, route=portal, reason=\"{}\"",
-                display_address(address),
-                quoted_reason(Some(&fallback_reason))
-            );
-            self.tell_sender_of_fallback(&id, &summary, address).await;
-        }
-        if removed {
-            tracing::info!(target: MAIL_LOG, "{id}: removed");
-        } else {
-            self.report_bounces(&id).await;
-        }
+        (updates, notes)
     }
 
     /// True when a `forced-tls` recipient's TLS failure reaches the configured fallback

@@ -396,9 +396,10 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records the results of one attempt at a message's recipients in one transaction, and
-    /// in the same transaction deletes the message when nothing is left to do for it: every
-    /// recipient sent, or bounced and reported. Returns whether it deleted the message.
+    /// Records the results of attempts, each a message's id with the new state of the
+    /// recipients it tried, in one transaction. In the same transaction it deletes each
+    /// message that has nothing left to do: every recipient sent, or bounced and reported.
+    /// Returns, for each entry in order, whether its message was deleted then.
     ///
     /// A recipient with `to_portal` moves to the `portal` route and is held with
     /// `portal_reason`. Every other one gets its new state and next attempt time; a
@@ -406,16 +407,18 @@ impl Store {
     /// recipient's claim is released and the facts of the attempt are kept.
     pub fn record_results(
         &mut self,
-        id: &QueueId,
-        updates: &[RecipientUpdate],
+        attempts: &[(QueueId, Vec<RecipientUpdate>)],
         portal_reason: &str,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        for update in updates {
-            record_result(&transaction, id, update, portal_reason, now)?;
+        let mut deleted = Vec::with_capacity(attempts.len());
+        for (id, updates) in attempts {
+            for update in updates {
+                record_result(&transaction, id, update, portal_reason, now)?;
+            }
+            deleted.push(delete_if_done(&transaction, id)?);
         }
-        let deleted = delete_if_done(&transaction, id)?;
         transaction.commit()?;
         Ok(deleted)
     }
@@ -1075,17 +1078,14 @@ mod tests {
 
         // One sent, one deferred: the message stays, and the deferred one is no longer
         // claimed.
+        let first = vec![
+            result("rcpt@example.net", RecipientState::Sent, "2.0.0"),
+            result("second@example.net", RecipientState::Pending, "4.4.1"),
+        ];
         let deleted = store
-            .record_results(
-                &id,
-                &[
-                    result("rcpt@example.net", RecipientState::Sent, "2.0.0"),
-                    result("second@example.net", RecipientState::Pending, "4.4.1"),
-                ],
-                "",
-            )
+            .record_results(&[(id.clone(), first)], "")
             .expect("first results");
-        assert!(!deleted);
+        assert_eq!(deleted, [false]);
         assert!(!store.in_flight(&id, now).expect("in flight"));
         let rows = store.recipients(&id).expect("recipients");
         assert_eq!(rows[1].state, RecipientState::Pending);
@@ -1093,18 +1093,15 @@ mod tests {
         assert_eq!(rows[1].last_status.as_deref(), Some("4.4.1"));
 
         // A bounce waits for its DSN before the message may go.
+        let bounce = vec![result(
+            "second@example.net",
+            RecipientState::Bounced,
+            "5.1.1",
+        )];
         let deleted = store
-            .record_results(
-                &id,
-                &[result(
-                    "second@example.net",
-                    RecipientState::Bounced,
-                    "5.1.1",
-                )],
-                "",
-            )
+            .record_results(&[(id.clone(), bounce)], "")
             .expect("bounce");
-        assert!(!deleted);
+        assert_eq!(deleted, [false]);
         assert_eq!(
             store.messages_with_pending_dsn().expect("pending DSN"),
             std::slice::from_ref(&id)
@@ -1117,45 +1114,52 @@ mod tests {
     }
 
     #[test]
-    fn results_move_to_the_portal_and_delete_delivered_mail() {
+    fn results_of_a_batch_share_one_call() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut store, id, routes) = routed_to_two(dir.path());
-        let mut moved = result("second@example.net", RecipientState::Pending, "4.7.5");
+        let [other, third] = [(); 2].map(|()| {
+            let single = QueueId::generate();
+            store
+                .insert_messages(&[(single.clone(), &accepted(&message_body(MARKER)), false)])
+                .expect("insert");
+            store
+                .set_routes(&single, &routes[..1], None)
+                .expect("routes");
+            single
+        });
+
+        // `id` had its two recipients in two groups, whose reports arrive in one batch: the
+        // message goes once the second is recorded. `third` has one moved to the portal,
+        // which is still open.
+        let mut moved = result("rcpt@example.net", RecipientState::Pending, "4.7.5");
         moved.to_portal = true;
         let deleted = store
             .record_results(
-                &id,
                 &[
-                    result("rcpt@example.net", RecipientState::Sent, "2.0.0"),
-                    moved,
+                    (
+                        id.clone(),
+                        vec![result("rcpt@example.net", RecipientState::Sent, "2.0.0")],
+                    ),
+                    (
+                        other.clone(),
+                        vec![result("rcpt@example.net", RecipientState::Sent, "2.0.0")],
+                    ),
+                    (third.clone(), vec![moved]),
+                    (
+                        id.clone(),
+                        vec![result("second@example.net", RecipientState::Sent, "2.0.0")],
+                    ),
                 ],
                 "verified TLS failed",
             )
             .expect("results");
-        // The recipient moved to the portal is still open.
-        assert!(!deleted);
-        let rows = store.recipients(&id).expect("recipients");
-        assert_eq!(rows[1].route.as_deref(), Some("portal"));
-        assert_eq!(rows[1].state, RecipientState::Held);
-        assert_eq!(rows[1].reason.as_deref(), Some("verified TLS failed"));
-
-        let other = QueueId::generate();
-        store
-            .insert_messages(&[(other.clone(), &accepted(&message_body(MARKER)), false)])
-            .expect("insert");
-        store
-            .set_routes(&other, &routes[..1], None)
-            .expect("routes");
-        let deleted = store
-            .record_results(
-                &other,
-                &[result("rcpt@example.net", RecipientState::Sent, "2.0.0")],
-                "",
-            )
-            .expect("results");
-        assert!(deleted);
-        assert!(store.message(&other).expect("message").is_none());
+        assert_eq!(deleted, [false, true, false, true]);
+        assert!(store.message(&id).expect("message").is_none());
         assert!(store.recipients(&other).expect("recipients").is_empty());
+        let rows = store.recipients(&third).expect("recipients");
+        assert_eq!(rows[0].route.as_deref(), Some("portal"));
+        assert_eq!(rows[0].state, RecipientState::Held);
+        assert_eq!(rows[0].reason.as_deref(), Some("verified TLS failed"));
     }
 
     #[test]
