@@ -153,6 +153,92 @@ async fn sensitive_mail_is_held_and_only_notified() {
     assert!(listed.contains("revoked"), "{listed}");
 }
 
+/// Several sensitive messages that arrive together are held in one batch: each recipient
+/// gets one notification with its own link, and every copy is in the hold store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_holds_a_burst_of_sensitive_mail_per_recipient() {
+    common::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    sealgate::store::create_master_key(&dir.path().join("keys")).unwrap();
+    let receiver = SmtpServer::start(ServerScript::default()).await;
+    let base_url = "https://portal.riverside.example";
+    let config = base_config(
+        dir.path(),
+        &format!(
+            "[portal]\nbase_url = \"{base_url}\"\n\n\
+             [[delivery.routes]]\ndomain = \"mailbox.example\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            receiver.port()
+        ),
+    );
+    let gateway = Gateway::start(dir.path(), &config);
+
+    let sender = "ada.lovell@clinic.example.org";
+    let group = [
+        "sam.patient@mailbox.example",
+        "carer.one@mailbox.example",
+        "carer.two@mailbox.example",
+    ];
+    let (first, second, third) = tokio::join!(
+        send(gateway.smtp, sender, &group, SAMPLE),
+        send(
+            gateway.smtp,
+            sender,
+            &["lee.patient@mailbox.example"],
+            SAMPLE
+        ),
+        send(
+            gateway.smtp,
+            sender,
+            &["kim.patient@mailbox.example"],
+            SAMPLE
+        ),
+    );
+
+    let messages = receiver.wait_for_messages(5, Duration::from_secs(30)).await;
+    assert_eq!(messages.len(), 5, "log:\n{}", gateway.log());
+    let mut recipients: Vec<&str> = messages
+        .iter()
+        .flat_map(|message| message.recipients.iter().map(String::as_str))
+        .collect();
+    recipients.sort_unstable();
+    assert_eq!(
+        recipients,
+        [
+            "carer.one@mailbox.example",
+            "carer.two@mailbox.example",
+            "kim.patient@mailbox.example",
+            "lee.patient@mailbox.example",
+            "sam.patient@mailbox.example",
+        ]
+    );
+    let mut tokens: Vec<String> = messages
+        .iter()
+        .map(|message| {
+            let raw = String::from_utf8_lossy(&message.data);
+            for phrase in CONTENT {
+                assert!(!raw.contains(phrase), "notification contains {phrase:?}");
+            }
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&message.data)
+                .unwrap();
+            link_token(&parsed.body_text(0).expect("a text part"), base_url)
+        })
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 5, "each notification has its own link");
+
+    let hold_lines = gateway.log().matches("route=portal, status=held").count();
+    assert_eq!(hold_lines, 5, "log:\n{}", gateway.log());
+    let listed = gateway.command("held", &["list"]);
+    assert!(listed.contains("5 held message(s)"), "{listed}");
+    assert_eq!(listed.matches("active").count(), 5, "{listed}");
+    let queue = gateway.queue_command(&["list"]);
+    for queue_id in [first, second, third] {
+        assert!(!queue.contains(&queue_id), "{queue}");
+    }
+}
+
 /// A response from the portal.
 struct PortalResponse {
     status: u16,

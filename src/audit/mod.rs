@@ -110,7 +110,7 @@ impl AuditEvent {
 
     /// The actor of events that have one by nature: the recipient for portal accesses,
     /// `system` for everything else unless the caller names one.
-    fn default_actor(self) -> &'static str {
+    pub(crate) fn default_actor(self) -> &'static str {
         match self {
             AuditEvent::PasscodeSent
             | AuditEvent::PasscodeFailed

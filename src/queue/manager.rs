@@ -151,9 +151,8 @@ impl QueueManager {
         loop {
             self.route_incoming().await;
             if let Some(portal) = &self.portal {
-                for id in portal.hold_due(&self.store).await {
-                    self.report_bounces(&id).await;
-                }
+                let moved = portal.hold_due(&self.store).await;
+                self.remove_finished(moved).await;
                 if last_expiry.is_none_or(|at| at.elapsed() >= EXPIRY_INTERVAL) {
                     portal.expire_due().await;
                     last_expiry = Some(Instant::now());
@@ -704,12 +703,39 @@ impl QueueManager {
 
         let target = id.clone();
         match self
-            .with_store(move |store| store.delete_if_done(&target))
+            .with_store(move |store| store.delete_if_done(std::slice::from_ref(&target)))
             .await
         {
-            Ok(true) => tracing::info!(target: MAIL_LOG, "{id}: removed"),
-            Ok(false) => {}
+            Ok(deleted) if deleted == [true] => tracing::info!(target: MAIL_LOG, "{id}: removed"),
+            Ok(_) => {}
             Err(error) => tracing::error!(queue_id = %id, %error, "failed to remove message"),
+        }
+    }
+
+    /// Removes, in one transaction, each of these messages that has nothing left to do,
+    /// and goes through the bounce report of each of the others, which may have a DSN to
+    /// send.
+    async fn remove_finished(&self, ids: Vec<QueueId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let targets = ids.clone();
+        let deleted = match self
+            .with_store(move |store| store.delete_if_done(&targets))
+            .await
+        {
+            Ok(deleted) => deleted,
+            Err(error) => {
+                tracing::error!(messages = ids.len(), %error, "failed to remove finished messages");
+                vec![false; ids.len()]
+            }
+        };
+        for (id, deleted) in ids.iter().zip(deleted) {
+            if deleted {
+                tracing::info!(target: MAIL_LOG, "{id}: removed");
+            } else {
+                self.report_bounces(id).await;
+            }
         }
     }
 

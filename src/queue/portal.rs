@@ -12,12 +12,12 @@ use std::time::Duration;
 use mail_parser::MessageParser;
 
 use super::QueueError;
-use super::store::{AttemptRecord, MessageSummary, Store, now_millis};
-use crate::audit::{AuditEvent, AuditLog};
+use super::store::{AttemptRecord, MessageSummary, PortalCompletion, Store, now_millis};
+use crate::audit::{AuditEvent, AuditLog, AuditRecord};
 use crate::config::Config;
 use crate::envelope::{AcceptedMessage, ClientInfo, QueueId, display_address};
 use crate::store::notification::{build_notification, build_sender_receipt};
-use crate::store::{HeldEnvelope, HoldStore, NewHold};
+use crate::store::{HeldEnvelope, HeldId, HoldStore, NewHold};
 use crate::telemetry::{MAIL_LOG, escape};
 
 /// Recipients moved per scan at most.
@@ -41,8 +41,10 @@ impl PortalHold {
         }
     }
 
-    /// Moves every due `portal` recipient into the hold store; returns the queue ids of
-    /// messages that had a recipient moved, which may now be done.
+    /// Moves every due `portal` recipient into the hold store, a batch at a time: one
+    /// blocking task reads the messages, one transaction stores every copy in the hold
+    /// store, and one more queues every notification. Returns the queue ids of messages
+    /// that had a recipient moved, which may now be done.
     pub(super) async fn hold_due(&self, store: &Arc<Mutex<Store>>) -> Vec<QueueId> {
         let now = now_millis();
         let due = match blocking(store, move |store| {
@@ -56,32 +58,135 @@ impl PortalHold {
                 return Vec::new();
             }
         };
-        let mut moved = Vec::new();
-        for (id, address) in due {
-            match self.hold_one(store, &id, &address).await {
-                Ok(true) => moved.push(id),
-                Ok(false) => {}
-                Err(detail) => {
-                    // Fail closed: the recipient stays held and is tried again later.
-                    tracing::error!(
-                        queue_id = %id,
-                        recipient = %display_address(&address),
-                        error = %escape(&detail),
-                        "failed to hold message for the portal; retrying in {}s",
-                        RETRY_DELAY.as_secs()
-                    );
-                    let next = now_millis() + RETRY_DELAY.as_millis() as i64;
-                    let target = id.clone();
-                    if let Err(error) = blocking(store, move |store| {
-                        store.defer_portal(&target, &address, next, &detail)
-                    })
-                    .await
-                    {
-                        tracing::error!(queue_id = %id, %error, "failed to defer portal recipient");
-                    }
+        if due.is_empty() {
+            return Vec::new();
+        }
+
+        let wanted = due.clone();
+        let loaded = blocking(store, move |store| {
+            let mut loaded = Vec::with_capacity(wanted.len());
+            for (id, address) in wanted {
+                // A message deleted meanwhile has nothing left to hold.
+                if let (Some(summary), Some(body)) = (store.message(&id)?, store.body(&id)?) {
+                    loaded.push((id, address, summary, body));
                 }
             }
+            Ok(loaded)
+        })
+        .await;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                let detail = format!("failed to read the message: {error}");
+                for (id, address) in due {
+                    self.defer(store, &id, address, &detail).await;
+                }
+                return Vec::new();
+            }
+        };
+
+        let mut copies = Vec::with_capacity(loaded.len());
+        let mut pending = Vec::with_capacity(loaded.len());
+        for (id, address, summary, body) in loaded {
+            let envelope = HeldEnvelope {
+                queue_id: id.to_string(),
+                sender: summary.sender.clone(),
+                recipient: address.clone(),
+                subject: subject_of(&body),
+            };
+            copies.push((body, envelope.clone()));
+            pending.push((id, address, summary, envelope));
         }
+        let hold_store = self.hold_store.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            let copies: Vec<(&[u8], &HeldEnvelope)> = copies
+                .iter()
+                .map(|(body, envelope)| (body.as_slice(), envelope))
+                .collect();
+            hold_store.hold_all(&copies)
+        })
+        .await
+        .map_err(|error| format!("hold task failed: {error}"))
+        .and_then(|held| held.map_err(|error| error.to_string()));
+        let held = match held {
+            Ok(held) => held,
+            Err(detail) => {
+                for (id, address, _, _) in pending {
+                    self.defer(store, &id, address, &detail).await;
+                }
+                return Vec::new();
+            }
+        };
+
+        let mut completions = Vec::with_capacity(held.len());
+        let mut facts = Vec::with_capacity(held.len());
+        for ((id, address, summary, envelope), new_hold) in pending.into_iter().zip(held) {
+            let notifications = match self.build_mails(&summary, &envelope, &new_hold) {
+                Ok(notifications) => notifications,
+                Err(detail) => {
+                    self.defer(store, &id, address, &detail).await;
+                    continue;
+                }
+            };
+            let notification_id = notifications[0].0.clone();
+            let receipt = notifications.get(1).map(|(id, _)| id.clone());
+            completions.push(PortalCompletion {
+                id: id.clone(),
+                address: address.clone(),
+                record: AttemptRecord {
+                    status: "2.0.0".into(),
+                    relay: None,
+                    tls: "none".into(),
+                    detail: format!("held id {}, notification {notification_id}", new_hold.id),
+                },
+                notifications,
+            });
+            facts.push((id, address, new_hold.id, notification_id, receipt));
+        }
+        if facts.is_empty() {
+            return Vec::new();
+        }
+        let completed =
+            match blocking(store, move |store| store.complete_portal(&completions)).await {
+                Ok(completed) => completed,
+                Err(error) => {
+                    let detail = format!("failed to queue the notification: {error}");
+                    for (id, address, _, _, _) in facts {
+                        self.defer(store, &id, address, &detail).await;
+                    }
+                    return Vec::new();
+                }
+            };
+
+        let mut moved = Vec::new();
+        let mut audited = Vec::new();
+        for ((id, address, held_id, notification_id, receipt), completed) in
+            facts.into_iter().zip(completed)
+        {
+            if !completed {
+                // The recipient left the held state meanwhile (an operator deleted the
+                // message), so its copy in the hold store must not outlive it.
+                if let Err(error) = self.hold_store.revoke(&held_id) {
+                    tracing::error!(queue_id = %id, %held_id, %error, "failed to revoke an orphaned hold");
+                }
+                continue;
+            }
+            tracing::info!(
+                target: MAIL_LOG,
+                "{id}: to={}, route=portal, status=held (held id {held_id}, notification {notification_id})",
+                display_address(&address),
+            );
+            if let Some(receipt) = &receipt {
+                tracing::info!(target: MAIL_LOG, "{id}: sender receipt: {receipt}");
+            }
+            audited.push((
+                held_id,
+                id.clone(),
+                format!("notification {notification_id}"),
+            ));
+            moved.push(id);
+        }
+        self.audit_notifications(audited).await;
         moved
     }
 
@@ -109,82 +214,59 @@ impl PortalHold {
         }
     }
 
-    /// Holds one recipient's copy and queues its notification. Returns false when the
-    /// recipient was no longer held when the result was committed.
-    async fn hold_one(
-        &self,
-        store: &Arc<Mutex<Store>>,
-        id: &QueueId,
-        address: &str,
-    ) -> Result<bool, String> {
-        let lookup = id.clone();
-        let (summary, body) = match blocking(store, move |store| {
-            Ok((store.message(&lookup)?, store.body(&lookup)?))
+    /// Puts off the next try of a recipient whose hold or notification failed. Fails
+    /// closed: the recipient stays held and is tried again later.
+    async fn defer(&self, store: &Arc<Mutex<Store>>, id: &QueueId, address: String, detail: &str) {
+        tracing::error!(
+            queue_id = %id,
+            recipient = %display_address(&address),
+            error = %escape(detail),
+            "failed to hold message for the portal; retrying in {}s",
+            RETRY_DELAY.as_secs()
+        );
+        let next = now_millis() + RETRY_DELAY.as_millis() as i64;
+        let target = id.clone();
+        let detail = detail.to_owned();
+        if let Err(error) = blocking(store, move |store| {
+            store.defer_portal(&target, &address, next, &detail)
         })
         .await
         {
-            Ok((Some(summary), Some(body))) => (summary, body),
-            Ok(_) => return Ok(false),
-            Err(error) => return Err(format!("failed to read the message: {error}")),
-        };
-        let envelope = HeldEnvelope {
-            queue_id: id.to_string(),
-            sender: summary.sender.clone(),
-            recipient: address.to_owned(),
-            subject: subject_of(&body),
-        };
+            tracing::error!(queue_id = %id, %error, "failed to defer portal recipient");
+        }
+    }
 
-        let hold_store = self.hold_store.clone();
-        let held_envelope = envelope.clone();
-        let new_hold = tokio::task::spawn_blocking(move || hold_store.hold(&body, &held_envelope))
-            .await
-            .map_err(|error| format!("hold task failed: {error}"))?
-            .map_err(|error| error.to_string())?;
-
-        let notifications = self.build_mails(&summary, &envelope, &new_hold)?;
-        let notification_id = notifications[0].0.clone();
-        let receipt = notifications.get(1).map(|(id, _)| id.to_string());
-        let record = AttemptRecord {
-            status: "2.0.0".into(),
-            relay: None,
-            tls: "none".into(),
-            detail: format!("held id {}, notification {notification_id}", new_hold.id),
-        };
-        let target = id.clone();
-        let recipient = address.to_owned();
-        let completed = blocking(store, move |store| {
-            store.complete_portal(&target, &recipient, &record, &notifications)
+    /// Audits the notifications sent for `(held id, queue id, detail)`, in one transaction.
+    async fn audit_notifications(&self, notifications: Vec<(HeldId, QueueId, String)>) {
+        if notifications.is_empty() {
+            return;
+        }
+        let audit = self.audit.clone();
+        let count = notifications.len();
+        let written = tokio::task::spawn_blocking(move || {
+            let records: Vec<AuditRecord<'_>> = notifications
+                .iter()
+                .map(|(held_id, queue_id, detail)| AuditRecord {
+                    event: AuditEvent::NotificationSent,
+                    actor: AuditEvent::NotificationSent.default_actor(),
+                    held_id: Some(held_id.as_str()),
+                    queue_id: Some(queue_id.as_str()),
+                    outcome: "ok",
+                    detail,
+                })
+                .collect();
+            audit.append_all(&records)
         })
-        .await
-        .map_err(|error| format!("failed to queue the notification: {error}"))?;
-        if !completed {
-            // The recipient left the held state meanwhile (an operator deleted the
-            // message), so its copy in the hold store must not outlive it.
-            if let Err(error) = self.hold_store.revoke(&new_hold.id) {
-                tracing::error!(queue_id = %id, held_id = %new_hold.id, %error, "failed to revoke an orphaned hold");
+        .await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(entries = count, %error, "failed to audit notifications")
             }
-            return Ok(false);
+            Err(error) => {
+                tracing::error!(entries = count, %error, "notification audit task failed")
+            }
         }
-
-        tracing::info!(
-            target: MAIL_LOG,
-            "{id}: to={}, route=portal, status=held (held id {}, notification {notification_id})",
-            display_address(address),
-            new_hold.id
-        );
-        if let Some(receipt) = &receipt {
-            tracing::info!(target: MAIL_LOG, "{id}: sender receipt: {receipt}");
-        }
-        let detail = format!("notification {notification_id}");
-        if let Err(error) = self.audit.record(
-            AuditEvent::NotificationSent,
-            Some(&new_hold.id),
-            Some(id.as_str()),
-            &detail,
-        ) {
-            tracing::error!(queue_id = %id, held_id = %new_hold.id, %error, "failed to audit notification");
-        }
-        Ok(true)
     }
 
     /// The notification, and the sender receipt when configured and the sender is not

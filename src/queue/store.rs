@@ -162,6 +162,19 @@ pub struct RecipientUpdate {
     pub to_portal: bool,
 }
 
+/// A held `portal` recipient whose copy is in the hold store, with the mails that tell of
+/// it.
+pub struct PortalCompletion {
+    /// Queue id of the message.
+    pub id: QueueId,
+    /// The recipient.
+    pub address: String,
+    /// The facts of the hold, kept as the recipient's last attempt.
+    pub record: AttemptRecord,
+    /// The notification and, when configured, the sender's receipt, each with its queue id.
+    pub notifications: Vec<(QueueId, AcceptedMessage)>,
+}
+
 /// The routes policy chose for one message's recipients.
 pub struct MessageRoutes<'a> {
     /// Queue id.
@@ -461,11 +474,14 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a message whose recipients are all sent or bounced and reported; returns
-    /// whether it did.
-    pub fn delete_if_done(&mut self, id: &QueueId) -> Result<bool, QueueError> {
+    /// Deletes each message whose recipients are all sent or bounced and reported, in one
+    /// transaction; returns, for each in order, whether it did.
+    pub fn delete_if_done(&mut self, ids: &[QueueId]) -> Result<Vec<bool>, QueueError> {
         let transaction = self.connection.transaction()?;
-        let deleted = delete_if_done(&transaction, id)?;
+        let deleted = ids
+            .iter()
+            .map(|id| delete_if_done(&transaction, id))
+            .collect::<Result<Vec<_>, _>>()?;
         transaction.commit()?;
         Ok(deleted)
     }
@@ -517,48 +533,54 @@ impl Store {
         Ok(())
     }
 
-    /// In one transaction, queues the notifications for a held `portal` recipient and
-    /// moves it to the final state `portal`, so that a crash leaves either both or
-    /// neither. Returns false, queueing nothing, when the recipient was no longer held.
+    /// In one transaction, queues the notifications for held `portal` recipients and moves
+    /// each to the final state `portal`, so that a crash leaves either both or neither.
+    /// Returns, for each in order, whether it was done: false, queueing nothing for it,
+    /// when the recipient was no longer held.
     pub fn complete_portal(
         &mut self,
-        id: &QueueId,
-        address: &str,
-        record: &AttemptRecord,
-        notifications: &[(QueueId, AcceptedMessage)],
-    ) -> Result<bool, QueueError> {
+        completions: &[PortalCompletion],
+    ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
         let transaction = self.connection.transaction()?;
-        let updated = transaction.execute(
-            "UPDATE recipients SET state = 'portal', attempts = attempts + 1, next_attempt = ?3,
-                 last_status = ?4, last_relay = NULL, last_tls = ?5, last_detail = ?6
-             WHERE message_id = ?1 AND address = ?2 AND state = 'held' AND route = 'portal'",
-            params![
-                id.as_str(),
-                address,
-                now,
-                record.status,
-                record.tls,
-                record.detail
-            ],
-        )?;
-        if updated == 0 {
-            return Ok(false);
-        }
-        for (notification_id, message) in notifications {
-            let sealed = SealedBody::seal(&self.keys, notification_id, &message.body);
-            insert_message(
-                &transaction,
-                notification_id,
-                message,
-                &sealed,
-                false,
-                true,
-                now,
-            )?;
+        let mut completed = Vec::with_capacity(completions.len());
+        for completion in completions {
+            let record = &completion.record;
+            let updated = transaction
+                .prepare_cached(
+                    "UPDATE recipients SET state = 'portal', attempts = attempts + 1,
+                         next_attempt = ?3, last_status = ?4, last_relay = NULL,
+                         last_tls = ?5, last_detail = ?6
+                     WHERE message_id = ?1 AND address = ?2 AND state = 'held'
+                       AND route = 'portal'",
+                )?
+                .execute(params![
+                    completion.id.as_str(),
+                    completion.address,
+                    now,
+                    record.status,
+                    record.tls,
+                    record.detail
+                ])?;
+            completed.push(updated > 0);
+            if updated == 0 {
+                continue;
+            }
+            for (notification_id, message) in &completion.notifications {
+                let sealed = SealedBody::seal(&self.keys, notification_id, &message.body);
+                insert_message(
+                    &transaction,
+                    notification_id,
+                    message,
+                    &sealed,
+                    false,
+                    true,
+                    now,
+                )?;
+            }
         }
         transaction.commit()?;
-        Ok(true)
+        Ok(completed)
     }
 
     /// Makes every pending recipient due now; returns how many.
@@ -1109,7 +1131,12 @@ mod tests {
         store
             .clear_dsn_pending(&id, &["second@example.net".into()])
             .expect("reported");
-        assert!(store.delete_if_done(&id).expect("delete"));
+        assert_eq!(
+            store
+                .delete_if_done(std::slice::from_ref(&id))
+                .expect("delete"),
+            [true]
+        );
         assert!(store.message(&id).expect("message").is_none());
     }
 

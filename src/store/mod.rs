@@ -312,52 +312,79 @@ impl HoldStore {
     ///
     /// [`StoreError::Database`] when the record cannot be written.
     pub fn hold(&self, message: &[u8], envelope: &HeldEnvelope) -> Result<NewHold, StoreError> {
-        let token = generate_token();
-        let token_hash = hash_token(&token);
-        if let Some((id, expires_at)) = self.find_active_hold(envelope)? {
-            self.lock().execute(
-                "UPDATE held_messages SET token_hash = ?2 WHERE id = ?1",
-                params![id.as_str(), token_hash.as_slice()],
+        let mut held = self.hold_all(&[(message, envelope)])?;
+        Ok(held.remove(0))
+    }
+
+    /// Holds several recipients' copies as [`HoldStore::hold`] does, in one transaction,
+    /// and returns their new ids and tokens in the same order. Either every copy is stored
+    /// or none is.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`] when the records cannot be written.
+    pub fn hold_all(&self, copies: &[(&[u8], &HeldEnvelope)]) -> Result<Vec<NewHold>, StoreError> {
+        // Only the queue manager holds, one batch at a time, so no other hold for the same
+        // queue id and recipient can start between this lookup and the commit.
+        let reusable = copies
+            .iter()
+            .map(|(_, envelope)| self.find_active_hold(envelope))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let mut held = Vec::with_capacity(copies.len());
+        for ((message, envelope), reusable) in copies.iter().zip(reusable) {
+            let token = generate_token();
+            let token_hash = hash_token(&token);
+            if let Some((id, expires_at)) = reusable {
+                transaction.execute(
+                    "UPDATE held_messages SET token_hash = ?2 WHERE id = ?1",
+                    params![id.as_str(), token_hash.as_slice()],
+                )?;
+                held.push(NewHold {
+                    id,
+                    token,
+                    expires_at,
+                });
+                continue;
+            }
+
+            let id = HeldId::generate();
+            let now = now_millis();
+            let expires_at = now + self.retention_millis;
+            let data_key = DataKey::generate();
+            let (key_id, master) = self.keys.current();
+            let wrapped = data_key.wrap(master, id.as_str());
+            let (nonce, ciphertext) = data_key.seal(message, id.as_str(), "message");
+            let (envelope_nonce, envelope_ciphertext) =
+                data_key.seal(&encode_envelope(envelope), id.as_str(), "envelope");
+            transaction.execute(
+                "INSERT INTO held_messages (id, queue_id, created_at, expires_at, state, key_id,
+                     wrapped_key, token_hash, nonce, ciphertext, envelope_nonce,
+                     envelope_ciphertext)
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    id.as_str(),
+                    envelope.queue_id,
+                    now,
+                    expires_at,
+                    key_id,
+                    wrapped,
+                    token_hash.as_slice(),
+                    nonce.as_slice(),
+                    ciphertext,
+                    envelope_nonce.as_slice(),
+                    envelope_ciphertext,
+                ],
             )?;
-            return Ok(NewHold {
+            held.push(NewHold {
                 id,
                 token,
                 expires_at,
             });
         }
-
-        let id = HeldId::generate();
-        let now = now_millis();
-        let expires_at = now + self.retention_millis;
-        let data_key = DataKey::generate();
-        let (key_id, master) = self.keys.current();
-        let wrapped = data_key.wrap(master, id.as_str());
-        let (nonce, ciphertext) = data_key.seal(message, id.as_str(), "message");
-        let (envelope_nonce, envelope_ciphertext) =
-            data_key.seal(&encode_envelope(envelope), id.as_str(), "envelope");
-        self.lock().execute(
-            "INSERT INTO held_messages (id, queue_id, created_at, expires_at, state, key_id,
-                 wrapped_key, token_hash, nonce, ciphertext, envelope_nonce, envelope_ciphertext)
-             VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                id.as_str(),
-                envelope.queue_id,
-                now,
-                expires_at,
-                key_id,
-                wrapped,
-                token_hash.as_slice(),
-                nonce.as_slice(),
-                ciphertext,
-                envelope_nonce.as_slice(),
-                envelope_ciphertext,
-            ],
-        )?;
-        Ok(NewHold {
-            id,
-            token,
-            expires_at,
-        })
+        transaction.commit()?;
+        Ok(held)
     }
 
     /// Finds the held message a token opens, by the token's hash; `None` for an unknown
@@ -643,8 +670,11 @@ impl HoldStore {
     ) -> Result<Option<(HeldId, i64)>, StoreError> {
         let candidates: Vec<(String, i64)> = {
             let connection = self.lock();
+            // Without the index named, SQLite picks the one on `state`, which makes each
+            // hold read every active record.
             let mut statement = connection.prepare_cached(
-                "SELECT id, expires_at FROM held_messages WHERE queue_id = ?1 AND state = 'active'",
+                "SELECT id, expires_at FROM held_messages INDEXED BY held_messages_queue
+                 WHERE queue_id = ?1 AND state = 'active'",
             )?;
             let rows =
                 statement.query_map([&envelope.queue_id], |row| Ok((row.get(0)?, row.get(1)?)))?;

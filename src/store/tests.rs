@@ -562,3 +562,44 @@ fn send_history_and_lockout_persist() {
     assert_eq!(state.passcode_hash, None);
     assert_eq!(state.sends, 1);
 }
+
+#[test]
+fn hold_all_stores_each_copy_under_its_own_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let earlier = store.hold(&message(), &envelope()).unwrap();
+    let second = HeldEnvelope {
+        recipient: "second@mailbox.example".into(),
+        ..envelope()
+    };
+    let third = HeldEnvelope {
+        queue_id: "00000000000000AB".into(),
+        ..envelope()
+    };
+    let other_message = b"Subject: other\r\n\r\nother\r\n".to_vec();
+    let holds = store
+        .hold_all(&[
+            (&other_message, &second),
+            (&message(), &envelope()),
+            (&other_message, &third),
+        ])
+        .unwrap();
+
+    assert_eq!(holds.len(), 3);
+    // The copy held before is reused, with a fresh token; the others are new.
+    assert_eq!(holds[1].id, earlier.id);
+    assert!(store.find_by_token(&earlier.token).unwrap().is_none());
+    assert_ne!(holds[0].id, holds[2].id);
+    for (hold, (body, envelope)) in holds.iter().zip([
+        (&other_message, &second),
+        (&message(), &envelope()),
+        (&other_message, &third),
+    ]) {
+        let found = store.find_by_token(&hold.token).unwrap().unwrap();
+        assert_eq!(found.id, hold.id);
+        let opened = store.open_message(&hold.id).unwrap();
+        assert_eq!(&opened.message, body);
+        assert_eq!(&opened.envelope, envelope);
+    }
+    assert_eq!(store.list().unwrap().len(), 3);
+}
