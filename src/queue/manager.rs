@@ -36,6 +36,9 @@ use super::review::{self, AuditNote};
 
 /// Unrouted messages routed together at most, with one commit.
 const INCOMING_BATCH: usize = 100;
+/// Body bytes that routing, or the portal route's hold step, loads for one batch at most.
+/// A batch always takes its first message, whatever its size.
+pub(super) const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// Recipients claimed per scan at most.
 const CLAIM_BATCH: usize = 200;
 /// How long a claim lasts. Longer than any attempt can take with the default timeouts; a
@@ -127,7 +130,12 @@ impl QueueManager {
     /// Moves `portal` recipients into `hold_store`, queues their notifications and records
     /// both in `audit`. Without this, `portal` recipients stay held.
     pub fn with_hold_store(mut self, hold_store: HoldStore, audit: AuditLog) -> QueueManager {
-        self.portal = Some(PortalHold::new(Arc::clone(&self.config), hold_store, audit));
+        self.portal = Some(PortalHold::new(
+            Arc::clone(&self.config),
+            hold_store,
+            audit,
+            Arc::clone(&self.wake),
+        ));
         self
     }
 
@@ -194,8 +202,17 @@ impl QueueManager {
     /// blocking task reads the batch, one classifies it, and one transaction stores every
     /// route.
     async fn route_incoming(&self) {
-        let incoming = match self.with_store(read_incoming).await {
-            Ok(incoming) => incoming,
+        let incoming = match self
+            .with_store(|store| read_incoming(store, BATCH_BYTES))
+            .await
+        {
+            Ok((incoming, more)) => {
+                if more {
+                    // Come round again at once for the rest instead of at the next scan.
+                    self.wake.notify_one();
+                }
+                incoming
+            }
             Err(error) => {
                 tracing::error!(%error, "failed to read incoming messages");
                 return;
@@ -1010,37 +1027,64 @@ struct IncomingMessage {
     body: Vec<u8>,
 }
 
-/// Reads up to [`INCOMING_BATCH`] unrouted messages, oldest first. A message that cannot be
-/// read is logged and left unrouted, so it never leaves, and the others go on.
-fn read_incoming(store: &mut Store) -> Result<Vec<IncomingMessage>, QueueError> {
+/// Reads up to [`INCOMING_BATCH`] unrouted messages, oldest first, and stops earlier once
+/// their bodies would pass `budget` bytes ([`BATCH_BYTES`] in the queue manager), so a
+/// burst of large messages is not all in memory at once. Returns them and whether unrouted messages were left for the next batch. A
+/// message that cannot be read is logged and left unrouted, so it never leaves, and the
+/// others go on.
+fn read_incoming(
+    store: &mut Store,
+    budget: u64,
+) -> Result<(Vec<IncomingMessage>, bool), QueueError> {
     let ids = store.incoming_messages(INCOMING_BATCH)?;
+    let mut more = ids.len() == INCOMING_BATCH;
     let mut incoming = Vec::with_capacity(ids.len());
+    let mut loaded = 0;
     for id in ids {
-        let read = || -> Result<Option<IncomingMessage>, QueueError> {
-            let addresses = store
-                .recipients(&id)?
-                .into_iter()
-                .filter(|row| row.state == RecipientState::Incoming)
-                .map(|row| row.address)
-                .collect();
-            let (Some(summary), Some(body)) = (store.message(&id)?, store.body(&id)?) else {
-                return Ok(None);
-            };
-            Ok(Some(IncomingMessage {
-                summary,
-                addresses,
-                body,
-            }))
+        let summary = match store.message(&id) {
+            Ok(Some(summary)) => summary,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "failed to read message for routing");
+                continue;
+            }
         };
-        match read() {
-            Ok(Some(message)) => incoming.push(message),
+        // The first message is read whatever its size.
+        if !incoming.is_empty() && loaded + summary.size > budget {
+            more = true;
+            break;
+        }
+        match routing_input(store, summary) {
+            Ok(Some(message)) => {
+                loaded += message.summary.size;
+                incoming.push(message);
+            }
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(queue_id = %id, %error, "failed to read message for routing")
             }
         }
     }
-    Ok(incoming)
+    Ok((incoming, more))
+}
+
+/// Adds to a message's summary its recipients that are still `incoming` and its body;
+/// `None` when the message is gone.
+fn routing_input(
+    store: &Store,
+    summary: MessageSummary,
+) -> Result<Option<IncomingMessage>, QueueError> {
+    let addresses = store
+        .recipients(&summary.id)?
+        .into_iter()
+        .filter(|row| row.state == RecipientState::Incoming)
+        .map(|row| row.address)
+        .collect();
+    Ok(store.body(&summary.id)?.map(|body| IncomingMessage {
+        summary,
+        addresses,
+        body,
+    }))
 }
 
 /// Returns the report of an attempt stopped before any connection because the message
@@ -1083,4 +1127,72 @@ fn quoted_reason(reason: Option<&str>) -> String {
 
 fn seconds(millis: i64) -> f64 {
     millis.max(0) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::store::tests::accepted;
+    use crate::store::test_master_keys;
+
+    #[test]
+    fn read_incoming_stops_at_the_byte_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let mut store = Store::open(&dir.path().join("queue.sqlite"), keys).expect("store");
+        // Three messages of 40 % of the budget each: two fit, the third waits.
+        let budget = 10_000;
+        let size = (budget * 2 / 5) as usize;
+        let ids: Vec<QueueId> = (0..3).map(|_| QueueId::generate()).collect();
+        for id in &ids {
+            let mut body = b"Subject: large\r\n\r\n".to_vec();
+            body.resize(size, b'x');
+            store
+                .insert_messages(&[(id.clone(), &accepted(&body), false)])
+                .expect("insert");
+        }
+
+        let (first, more) = read_incoming(&mut store, budget).expect("first batch");
+        assert_eq!(first.len(), 2);
+        assert!(more, "the third message is left for the next batch");
+        assert!(first.iter().all(|message| message.body.len() == size));
+        for message in &first {
+            let routes = [(
+                "rcpt@example.net".to_string(),
+                Route::Opportunistic,
+                String::new(),
+            )];
+            store
+                .set_routes(&message.summary.id, &routes, None)
+                .expect("routes");
+        }
+
+        let (second, more) = read_incoming(&mut store, budget).expect("second batch");
+        assert_eq!(second.len(), 1);
+        assert!(!more);
+        let mut read: Vec<&QueueId> = first
+            .iter()
+            .chain(&second)
+            .map(|message| &message.summary.id)
+            .collect();
+        read.sort();
+        let mut inserted: Vec<&QueueId> = ids.iter().collect();
+        inserted.sort();
+        assert_eq!(read, inserted);
+    }
+
+    #[test]
+    fn read_incoming_takes_one_message_over_the_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let mut store = Store::open(&dir.path().join("queue.sqlite"), keys).expect("store");
+        let mut body = b"Subject: larger than a batch\r\n\r\n".to_vec();
+        body.resize(20_000, b'x');
+        store
+            .insert_messages(&[(QueueId::generate(), &accepted(&body), false)])
+            .expect("insert");
+        let (incoming, more) = read_incoming(&mut store, 10_000).expect("batch");
+        assert_eq!(incoming.len(), 1);
+        assert!(!more);
+    }
 }

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mail_parser::MessageParser;
+use tokio::sync::Notify;
 
 use super::QueueError;
+use super::manager::BATCH_BYTES;
 use super::store::{AttemptRecord, MessageSummary, PortalCompletion, Store, now_millis};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord};
 use crate::config::Config;
@@ -30,14 +32,22 @@ pub(super) struct PortalHold {
     config: Arc<Config>,
     hold_store: HoldStore,
     audit: AuditLog,
+    /// The queue manager's wake-up, rung when due recipients are left for the next batch.
+    wake: Arc<Notify>,
 }
 
 impl PortalHold {
-    pub(super) fn new(config: Arc<Config>, hold_store: HoldStore, audit: AuditLog) -> PortalHold {
+    pub(super) fn new(
+        config: Arc<Config>,
+        hold_store: HoldStore,
+        audit: AuditLog,
+        wake: Arc<Notify>,
+    ) -> PortalHold {
         PortalHold {
             config,
             hold_store,
             audit,
+            wake,
         }
     }
 
@@ -62,12 +72,23 @@ impl PortalHold {
             return Vec::new();
         }
 
+        let full = due.len() == HOLD_BATCH;
         let wanted = due.clone();
         let loaded = blocking(store, move |store| {
             let mut loaded = Vec::with_capacity(wanted.len());
+            let mut bytes = 0;
             for (id, address) in wanted {
                 // A message deleted meanwhile has nothing left to hold.
-                if let (Some(summary), Some(body)) = (store.message(&id)?, store.body(&id)?) {
+                let Some(summary) = store.message(&id)? else {
+                    continue;
+                };
+                // The rest waits for the next batch, so that a burst of large messages is
+                // not all in memory at once.
+                if !loaded.is_empty() && bytes + summary.size > BATCH_BYTES {
+                    break;
+                }
+                if let Some(body) = store.body(&id)? {
+                    bytes += summary.size;
                     loaded.push((id, address, summary, body));
                 }
             }
@@ -75,7 +96,13 @@ impl PortalHold {
         })
         .await;
         let loaded = match loaded {
-            Ok(loaded) => loaded,
+            Ok(loaded) => {
+                if full || loaded.len() < due.len() {
+                    // Come round again at once for the rest instead of at the next scan.
+                    self.wake.notify_one();
+                }
+                loaded
+            }
             Err(error) => {
                 let detail = format!("failed to read the message: {error}");
                 for (id, address) in due {

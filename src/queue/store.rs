@@ -940,14 +940,15 @@ fn parse_state(name: &str) -> RecipientState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::envelope::ClientInfo;
     use crate::store::test_master_keys;
 
     const MARKER: &[u8] = b"body-marker-7f3a";
 
-    fn accepted(body: &[u8]) -> AcceptedMessage {
+    /// A message from a loopback client to one recipient, `rcpt@example.net`.
+    pub(in crate::queue) fn accepted(body: &[u8]) -> AcceptedMessage {
         AcceptedMessage {
             sender: "sender@example.org".into(),
             recipients: vec!["rcpt@example.net".into()],
