@@ -47,6 +47,10 @@ const CLAIM_LEASE: Duration = Duration::from_secs(4 * 3600);
 
 /// How often held messages past their retention are expired.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+/// How often, and at start, the manager looks for finished messages whose removal failed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Finished messages removed per sweep at most.
+const SWEEP_BATCH: usize = 500;
 
 /// The queue manager and its delivery workers.
 pub struct QueueManager {
@@ -156,6 +160,7 @@ impl QueueManager {
         let workers = Arc::new(Semaphore::new(self.config.delivery.concurrency));
         let scan_interval = self.config.queue.scan_interval.0;
         let mut last_expiry: Option<Instant> = None;
+        let mut last_sweep: Option<Instant> = None;
         loop {
             self.route_incoming().await;
             if let Some(portal) = &self.portal {
@@ -165,6 +170,10 @@ impl QueueManager {
                     portal.expire_due().await;
                     last_expiry = Some(Instant::now());
                 }
+            }
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+                self.sweep_finished().await;
+                last_sweep = Some(Instant::now());
             }
             self.report_leftover_bounces().await;
             self.dispatch_due(&done_sender, &workers).await;
@@ -732,7 +741,10 @@ impl QueueManager {
     /// Removes, in one transaction, each of these messages that has nothing left to do,
     /// and goes through the bounce report of each of the others, which may have a DSN to
     /// send.
-    async fn remove_finished(&self, ids: Vec<QueueId>) {
+    async fn remove_finished(&self, mut ids: Vec<QueueId>) {
+        // A message with several recipients moved at once is named once per recipient.
+        ids.sort();
+        ids.dedup();
         if ids.is_empty() {
             return;
         }
@@ -753,6 +765,18 @@ impl QueueManager {
             } else {
                 self.report_bounces(id).await;
             }
+        }
+    }
+
+    /// Removes the messages that have nothing left to do but are still queued, because the
+    /// commit that would have removed them failed or the process stopped before it.
+    async fn sweep_finished(&self) {
+        match self
+            .with_store(|store| store.finished_messages(SWEEP_BATCH))
+            .await
+        {
+            Ok(ids) => self.remove_finished(ids).await,
+            Err(error) => tracing::error!(%error, "failed to look for finished messages"),
         }
     }
 

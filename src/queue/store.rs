@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::QueueError;
 use crate::envelope::{AcceptedMessage, QueueId};
@@ -255,7 +255,7 @@ impl Store {
         messages: &[(QueueId, &AcceptedMessage, &SealedBody, bool)],
     ) -> Result<(), QueueError> {
         let now = now_millis();
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         for (id, message, sealed, is_dsn) in messages {
             insert_message(&transaction, id, message, sealed, *is_dsn, false, now)?;
         }
@@ -290,7 +290,7 @@ impl Store {
     /// transaction, so that one commit serves a whole batch of incoming mail.
     pub fn set_routes_of_all(&mut self, messages: &[MessageRoutes<'_>]) -> Result<(), QueueError> {
         let now = now_millis();
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         for message in messages {
             store_routes(&transaction, &self.keys, message, now)?;
         }
@@ -306,7 +306,7 @@ impl Store {
         lease_until: i64,
         limit: usize,
     ) -> Result<Vec<(QueueId, String, String)>, QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let claimed = {
             let mut select = transaction.prepare_cached(
                 "SELECT message_id, address, route FROM recipients
@@ -424,7 +424,7 @@ impl Store {
         portal_reason: &str,
     ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let mut deleted = Vec::with_capacity(attempts.len());
         for (id, updates) in attempts {
             for update in updates {
@@ -446,6 +446,22 @@ impl Store {
         Ok(claimed > 0)
     }
 
+    /// Ids of up to `limit` messages that have nothing left to do: every recipient sent, or
+    /// bounced and reported, or moved to the portal. They are removed when the attempt or
+    /// hold that finished them commits; these are the ones whose removal failed.
+    pub fn finished_messages(&self, limit: usize) -> Result<Vec<QueueId>, QueueError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT m.id FROM messages m
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM recipients r
+                 WHERE r.message_id = m.id
+                   AND (r.state IN ('incoming', 'pending', 'held') OR r.dsn_pending = 1))
+             LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit as i64], |row| row.get::<_, String>(0))?;
+        collect_ids(rows)
+    }
+
     /// Ids of messages with bounced recipients not yet reported in a DSN.
     pub fn messages_with_pending_dsn(&self) -> Result<Vec<QueueId>, QueueError> {
         let mut statement = self
@@ -461,7 +477,7 @@ impl Store {
         id: &QueueId,
         addresses: &[String],
     ) -> Result<(), QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         {
             let mut update = transaction.prepare_cached(
                 "UPDATE recipients SET dsn_pending = 0 WHERE message_id = ?1 AND address = ?2",
@@ -477,7 +493,7 @@ impl Store {
     /// Deletes each message whose recipients are all sent or bounced and reported, in one
     /// transaction; returns, for each in order, whether it did.
     pub fn delete_if_done(&mut self, ids: &[QueueId]) -> Result<Vec<bool>, QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let deleted = ids
             .iter()
             .map(|id| delete_if_done(&transaction, id))
@@ -488,7 +504,7 @@ impl Store {
 
     /// Deletes a message and its recipients; returns whether it existed.
     pub fn delete(&mut self, id: &QueueId) -> Result<bool, QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let deleted = delete_message(&transaction, id)?;
         transaction.commit()?;
         Ok(deleted)
@@ -542,7 +558,7 @@ impl Store {
         completions: &[PortalCompletion],
     ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let mut completed = Vec::with_capacity(completions.len());
         for completion in completions {
             let record = &completion.record;
@@ -594,7 +610,7 @@ impl Store {
     /// Encrypts every body still stored in clear by a version before body encryption, in
     /// one transaction, then truncates the WAL so that its copies of those pages go too.
     fn encrypt_clear_bodies(&mut self) -> Result<(), QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = write(&mut self.connection)?;
         let clear: Vec<(String, Vec<u8>)> = {
             let mut select =
                 transaction.prepare("SELECT id, body FROM messages WHERE body_key_id IS NULL")?;
@@ -753,6 +769,13 @@ fn store_routes(
         )?;
     }
     Ok(())
+}
+
+/// Starts a write transaction that takes the write lock at once. A deferred one that reads
+/// first cannot wait for the lock once the spool writer has committed in between: SQLite
+/// fails it with "database is locked" whatever the busy timeout.
+fn write(connection: &mut Connection) -> Result<Transaction<'_>, QueueError> {
+    Ok(connection.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
 /// Stores one recipient's result inside the caller's transaction.
@@ -1188,6 +1211,63 @@ pub(super) mod tests {
         assert_eq!(rows[0].route.as_deref(), Some("portal"));
         assert_eq!(rows[0].state, RecipientState::Held);
         assert_eq!(rows[0].reason.as_deref(), Some("verified TLS failed"));
+    }
+
+    #[test]
+    fn finished_messages_are_found_for_removal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut store, id, routes) = routed_to_two(dir.path());
+        let other = QueueId::generate();
+        store
+            .insert_messages(&[(other.clone(), &accepted(&message_body(MARKER)), false)])
+            .expect("insert");
+        store
+            .set_routes(&other, &routes[..1], None)
+            .expect("routes");
+        assert!(store.finished_messages(10).expect("finished").is_empty());
+
+        // Both recipients of `id` are done, but it is still queued, as when the commit
+        // that would have removed it failed.
+        store
+            .connection
+            .execute(
+                "UPDATE recipients SET state = 'sent' WHERE message_id = ?1",
+                [id.as_str()],
+            )
+            .expect("mark sent");
+        assert_eq!(
+            store.finished_messages(10).expect("finished"),
+            std::slice::from_ref(&id)
+        );
+        assert_eq!(
+            store
+                .delete_if_done(&[id.clone(), other.clone()])
+                .expect("delete"),
+            [true, false]
+        );
+        assert!(store.finished_messages(10).expect("finished").is_empty());
+        assert!(store.message(&other).expect("message").is_some());
+    }
+
+    #[test]
+    fn write_transactions_take_the_lock_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("queue.sqlite");
+        let keys = test_master_keys(&dir.path().join("keys"));
+        let mut store = Store::open(&path, keys).expect("store");
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .busy_timeout(std::time::Duration::from_millis(50))
+            .expect("busy timeout");
+        let transaction = write(&mut store.connection).expect("write transaction");
+        // Nothing is written yet, and still the other connection must wait: the lock was
+        // taken at BEGIN.
+        let blocked = other.execute("DELETE FROM messages WHERE id = 'none'", []);
+        assert!(blocked.is_err(), "a second writer got in: {blocked:?}");
+        drop(transaction);
+        other
+            .execute("DELETE FROM messages WHERE id = 'none'", [])
+            .expect("writes once the transaction ends");
     }
 
     #[test]

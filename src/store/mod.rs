@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 pub(crate) use config::is_web_url;
@@ -331,7 +331,9 @@ impl HoldStore {
             .map(|(_, envelope)| self.find_active_hold(envelope))
             .collect::<Result<Vec<_>, _>>()?;
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        // Immediate, so that it waits for a writer in another process (the CLI) instead of
+        // failing once it has read.
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut held = Vec::with_capacity(copies.len());
         for ((message, envelope), reusable) in copies.iter().zip(reusable) {
             let token = generate_token();
