@@ -47,7 +47,8 @@ const CLAIM_LEASE: Duration = Duration::from_secs(4 * 3600);
 
 /// How often held messages past their retention are expired.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
-/// How often, and at start, the manager looks for finished messages whose removal failed.
+/// Interval between sweeps for finished messages whose removal failed. The first sweep
+/// runs at start.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Finished messages removed per sweep at most.
 const SWEEP_BATCH: usize = 500;
@@ -235,32 +236,7 @@ impl QueueManager {
         let classified = tokio::task::spawn_blocking(move || {
             incoming
                 .into_iter()
-                .filter_map(|message| {
-                    // A notification sealgate wrote contains no content of the held
-                    // message, and classifying it (its link could look like a sensitive
-                    // pattern) would send it to the portal again.
-                    if message.summary.is_notification {
-                        return Some((message, classify::Classification::default(), None));
-                    }
-                    // One message that panics the subject rewriting stays unrouted, so it
-                    // never leaves, and does not hold back the rest of the batch.
-                    let examined = catch_unwind(AssertUnwindSafe(|| {
-                        let classification = classifier.classify(&message.body);
-                        let stripped =
-                            classify::strip_subject_tags(&message.body, &classify_config);
-                        (classification, stripped)
-                    }));
-                    match examined {
-                        Ok((classification, stripped)) => Some((message, classification, stripped)),
-                        Err(_) => {
-                            tracing::error!(
-                                queue_id = %message.summary.id,
-                                "classification panicked; message left unrouted"
-                            );
-                            None
-                        }
-                    }
-                })
+                .filter_map(|message| examine(&classifier, &classify_config, message))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -481,11 +457,7 @@ impl QueueManager {
                 );
                 self.tell_sender_of_fallback(&id, &summary, address).await;
             }
-            if removed {
-                tracing::info!(target: MAIL_LOG, "{id}: removed");
-            } else {
-                self.report_bounces(&id).await;
-            }
+            self.finish_message(&id, removed).await;
         }
     }
 
@@ -760,11 +732,17 @@ impl QueueManager {
             }
         };
         for (id, deleted) in ids.iter().zip(deleted) {
-            if deleted {
-                tracing::info!(target: MAIL_LOG, "{id}: removed");
-            } else {
-                self.report_bounces(id).await;
-            }
+            self.finish_message(id, deleted).await;
+        }
+    }
+
+    /// Logs the removal of the message when `removed` is set. Otherwise runs its bounce
+    /// report, which sends any DSN owed and removes the message once nothing is left.
+    async fn finish_message(&self, id: &QueueId, removed: bool) {
+        if removed {
+            tracing::info!(target: MAIL_LOG, "{id}: removed");
+        } else {
+            self.report_bounces(id).await;
         }
     }
 
@@ -950,7 +928,7 @@ impl DeliveryWorker {
         };
         // Signing comes last, over the bytes that go on the wire.
         // NOTE: like S/MIME encryption above, signing runs on the worker's async task, so
-        // hashing a large body holds that runtime thread until it is done (not measured).
+        // hashing a large body blocks that runtime thread until it is done (not measured).
         let signed = self
             .signatures
             .get_or_init(|| async { self.dkim.sign(&body).map_err(|error| error.to_string()) })
@@ -1039,6 +1017,38 @@ impl DeliveryWorker {
                 tracing::error!(queue_id = %id, %error, "S/MIME encryption failed");
                 Err(format!("S/MIME encryption failed: {error}"))
             }
+        }
+    }
+}
+
+/// Classifies an unrouted message and removes its subject tag when configured; returns
+/// the message with both results.
+///
+/// A notification sealgate wrote contains no content of the held message, so it is not
+/// classified: its link could look like a sensitive pattern and send it to the portal
+/// again. A message that panics the subject rewriting is logged and left unrouted, so it
+/// never leaves and does not hold back the rest of its batch.
+fn examine(
+    classifier: &Classifier,
+    config: &classify::ClassifyConfig,
+    message: IncomingMessage,
+) -> Option<(IncomingMessage, classify::Classification, Option<Vec<u8>>)> {
+    if message.summary.is_notification {
+        return Some((message, classify::Classification::default(), None));
+    }
+    let examined = catch_unwind(AssertUnwindSafe(|| {
+        let classification = classifier.classify(&message.body);
+        let stripped = classify::strip_subject_tags(&message.body, config);
+        (classification, stripped)
+    }));
+    match examined {
+        Ok((classification, stripped)) => Some((message, classification, stripped)),
+        Err(_) => {
+            tracing::error!(
+                queue_id = %message.summary.id,
+                "classification panicked; message left unrouted"
+            );
+            None
         }
     }
 }
