@@ -12,8 +12,8 @@ use gateway::{Gateway, base_config, send};
 
 const SENDER: &str = "ada@clinic.example.org";
 
-/// A gateway whose `BLUEBIRD` rule sends mail to review, with every domain routed to
-/// `receiver` and a hold store key for the portal route.
+/// Starts a gateway whose `BLUEBIRD` rule sends mail to review, with every domain routed
+/// to `receiver` and a hold store key for the portal route.
 fn review_gateway(dir: &std::path::Path, receiver: &SmtpServer, extra: &str) -> Gateway {
     sealgate::store::create_master_key(&dir.join("keys")).unwrap();
     let config = base_config(

@@ -156,7 +156,7 @@ async fn sensitive_mail_is_held_and_only_notified() {
 /// Several sensitive messages that arrive together are held in one batch: each recipient
 /// gets one notification with its own link, and every copy is in the hold store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn portal_holds_a_burst_of_sensitive_mail_per_recipient() {
+async fn portal_burst_notifies_each_recipient() {
     common::init_logs();
     let dir = tempfile::tempdir().unwrap();
     sealgate::store::create_master_key(&dir.path().join("keys")).unwrap();

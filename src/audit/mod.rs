@@ -108,8 +108,8 @@ impl AuditEvent {
         }
     }
 
-    /// The actor of events that have one by nature: the recipient for portal accesses,
-    /// `system` for everything else unless the caller names one.
+    /// Returns the actor of events that have one by nature: the recipient for portal
+    /// accesses, `system` for everything else unless the caller names one.
     pub(crate) fn default_actor(self) -> &'static str {
         match self {
             AuditEvent::PasscodeSent

@@ -25,7 +25,7 @@ pub struct Reply<'a> {
     /// The verified recipient of the held message, who writes the reply.
     pub from: &'a str,
     /// The portal's own address, written as `Sender:` because the portal transmits the
-    /// reply on the author's behalf; its domain's DKIM key signs the reply when the
+    /// reply on the author's behalf. Its domain's DKIM key signs the reply when the
     /// author's domain has none.
     pub sender: &'a str,
     /// Envelope sender of the held message, who gets the reply.

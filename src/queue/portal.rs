@@ -73,11 +73,11 @@ impl PortalHold {
         }
 
         let full = due.len() == HOLD_BATCH;
-        let wanted = due.clone();
+        let to_load = due.clone();
         let loaded = blocking(store, move |store| {
-            let mut loaded = Vec::with_capacity(wanted.len());
+            let mut loaded = Vec::with_capacity(to_load.len());
             let mut bytes = 0;
-            for (id, address) in wanted {
+            for (id, address) in to_load {
                 // A message deleted meanwhile has nothing left to hold.
                 let Some(summary) = store.message(&id)? else {
                     continue;
@@ -125,7 +125,7 @@ impl PortalHold {
             pending.push((id, address, summary, envelope));
         }
         let hold_store = self.hold_store.clone();
-        let held = tokio::task::spawn_blocking(move || {
+        let new_holds = tokio::task::spawn_blocking(move || {
             let copies: Vec<(&[u8], &HeldEnvelope)> = copies
                 .iter()
                 .map(|(body, envelope)| (body.as_slice(), envelope))
@@ -134,9 +134,9 @@ impl PortalHold {
         })
         .await
         .map_err(|error| format!("hold task failed: {error}"))
-        .and_then(|held| held.map_err(|error| error.to_string()));
-        let held = match held {
-            Ok(held) => held,
+        .and_then(|stored| stored.map_err(|error| error.to_string()));
+        let new_holds = match new_holds {
+            Ok(new_holds) => new_holds,
             Err(detail) => {
                 for (id, address, _, _) in pending {
                     self.defer(store, &id, address, &detail).await;
@@ -145,9 +145,9 @@ impl PortalHold {
             }
         };
 
-        let mut completions = Vec::with_capacity(held.len());
-        let mut facts = Vec::with_capacity(held.len());
-        for ((id, address, summary, envelope), new_hold) in pending.into_iter().zip(held) {
+        let mut completions = Vec::with_capacity(new_holds.len());
+        let mut facts = Vec::with_capacity(new_holds.len());
+        for ((id, address, summary, envelope), new_hold) in pending.into_iter().zip(new_holds) {
             let notifications = match self.build_mails(&summary, &envelope, &new_hold) {
                 Ok(notifications) => notifications,
                 Err(detail) => {

@@ -415,7 +415,7 @@ impl Store {
     /// Returns, for each entry in order, whether its message was deleted then.
     ///
     /// A recipient with `to_portal` moves to the `portal` route and is held with
-    /// `portal_reason`. Every other one gets its new state and next attempt time; a
+    /// `portal_reason`. Every other one gets its new state and next attempt time. A
     /// `Bounced` one is marked for the next DSN, and `expired` records why it bounced. Each
     /// recipient's claim is released and the facts of the attempt are kept.
     pub fn record_results(
@@ -1052,7 +1052,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn routes_of_a_batch_are_stored_in_one_call() {
+    fn set_routes_of_all_stores_each_message() {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = test_master_keys(&dir.path().join("keys"));
         let mut store = Store::open(&dir.path().join("queue.sqlite"), keys).expect("store");
@@ -1165,7 +1165,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn results_of_a_batch_share_one_call() {
+    fn record_results_handles_a_batch() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut store, id, routes) = routed_to_two(dir.path());
         let [other, third] = [(); 2].map(|()| {

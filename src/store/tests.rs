@@ -564,7 +564,7 @@ fn send_history_and_lockout_persist() {
 }
 
 #[test]
-fn hold_all_stores_each_copy_under_its_own_token() {
+fn hold_all_tokens_open_own_copies() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let earlier = store.hold(&message(), &envelope()).unwrap();
