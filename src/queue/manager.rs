@@ -236,7 +236,13 @@ impl QueueManager {
         let classified = tokio::task::spawn_blocking(move || {
             incoming
                 .into_iter()
-                .filter_map(|message| examine(&classifier, &classify_config, message))
+                .map(|message| {
+                    examine(message, |body| {
+                        let classification = classifier.classify(body);
+                        let stripped = classify::strip_subject_tags(body, &classify_config);
+                        (classification, stripped)
+                    })
+                })
                 .collect::<Vec<_>>()
         })
         .await;
@@ -1021,34 +1027,29 @@ impl DeliveryWorker {
     }
 }
 
-/// Classifies an unrouted message and removes its subject tag when configured; returns
-/// the message with both results.
+/// Classifies an unrouted message with `classify`, which returns the classification and
+/// the message with its subject tag removed when configured; returns the message with both.
 ///
 /// A notification sealgate wrote contains no content of the held message, so it is not
 /// classified: its link could look like a sensitive pattern and send it to the portal
-/// again. A message that panics the subject rewriting is logged and left unrouted, so it
-/// never leaves and does not hold back the rest of its batch.
+/// again. When `classify` panics, the message is logged and held for review under the
+/// rule `policy-error`, so it never leaves unprotected and does not hold back its batch.
 fn examine(
-    classifier: &Classifier,
-    config: &classify::ClassifyConfig,
     message: IncomingMessage,
-) -> Option<(IncomingMessage, classify::Classification, Option<Vec<u8>>)> {
+    classify: impl FnOnce(&[u8]) -> (classify::Classification, Option<Vec<u8>>),
+) -> (IncomingMessage, classify::Classification, Option<Vec<u8>>) {
     if message.summary.is_notification {
-        return Some((message, classify::Classification::default(), None));
+        return (message, classify::Classification::default(), None);
     }
-    let examined = catch_unwind(AssertUnwindSafe(|| {
-        let classification = classifier.classify(&message.body);
-        let stripped = classify::strip_subject_tags(&message.body, config);
-        (classification, stripped)
-    }));
-    match examined {
-        Ok((classification, stripped)) => Some((message, classification, stripped)),
+    match catch_unwind(AssertUnwindSafe(|| classify(&message.body))) {
+        Ok((classification, stripped)) => (message, classification, stripped),
         Err(_) => {
             tracing::error!(
                 queue_id = %message.summary.id,
-                "classification panicked; message left unrouted"
+                "classification panicked; message held for review"
             );
-            None
+            let classification = classify::Classification::policy_error("classification failed");
+            (message, classification, None)
         }
     }
 }
@@ -1228,5 +1229,44 @@ mod tests {
         let (incoming, more) = read_incoming(&mut store, 10_000).expect("batch");
         assert_eq!(incoming.len(), 1);
         assert!(!more);
+    }
+
+    /// Queues one small message in a store under `folder` and reads it back as routing does.
+    fn one_incoming(folder: &std::path::Path) -> IncomingMessage {
+        let keys = test_master_keys(&folder.join("keys"));
+        let mut store = Store::open(&folder.join("queue.sqlite"), keys).expect("store");
+        store
+            .insert_messages(&[(
+                QueueId::generate(),
+                &accepted(b"Subject: x\r\n\r\nx\r\n"),
+                false,
+            )])
+            .expect("insert");
+        let (mut incoming, _) = read_incoming(&mut store, 10_000).expect("batch");
+        incoming.pop().expect("one message")
+    }
+
+    #[test]
+    fn examine_holds_panicking_classification() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let message = one_incoming(dir.path());
+
+        let (_, classification, stripped) = examine(message, |_| panic!("classifier bug"));
+        assert_eq!(classification.action, Some(classify::Action::Review));
+        assert_eq!(classification.matches.len(), 1);
+        assert_eq!(classification.matches[0].rule, "policy-error");
+        assert!(stripped.is_none());
+    }
+
+    #[test]
+    fn examine_passes_classification_through() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let message = one_incoming(dir.path());
+
+        let (_, classification, stripped) = examine(message, |_| {
+            (classify::Classification::default(), Some(b"new".to_vec()))
+        });
+        assert_eq!(classification.action, None);
+        assert_eq!(stripped.as_deref(), Some(b"new".as_slice()));
     }
 }

@@ -66,7 +66,7 @@ pub struct Classification {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleMatch {
     /// Rule name: `subject-tag`, `marking`, `header:<name>`, `nhs-number`,
-    /// `pattern:<name>` or `unparseable`.
+    /// `pattern:<name>`, `unparseable` or `policy-error`.
     pub rule: String,
     /// The action this rule requires.
     pub action: Action,
@@ -143,6 +143,17 @@ impl Classifier {
 }
 
 impl Classification {
+    /// Returns the classification of a message that sealgate failed to classify because
+    /// of an internal error: rule `policy-error`, which holds it for review.
+    pub fn policy_error(detail: &str) -> Classification {
+        Classification::from_matches(vec![RuleMatch {
+            rule: "policy-error".into(),
+            action: Action::Review,
+            location: "message".into(),
+            detail: detail.into(),
+        }])
+    }
+
     fn from_matches(matches: Vec<RuleMatch>) -> Classification {
         Classification {
             action: matches.iter().map(|m| m.action).max(),
