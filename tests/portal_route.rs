@@ -348,7 +348,7 @@ async fn passcode_lockout_survives_restart() {
         &form,
     )
     .await;
-    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(sent.status, 200, "{}\nlog:\n{}", sent.body, gateway.log());
     let mails = receiver.wait_for_messages(2, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 2, "no passcode mail; log:\n{}", gateway.log());
     let passcode_mail = String::from_utf8_lossy(&mails[1].data).into_owned();

@@ -17,6 +17,7 @@ use super::store::{Store, escape_like, now_millis};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord};
 use crate::envelope::QueueId;
 use crate::policy::classify::{Action, Classification};
+use crate::store::begin_write;
 
 /// Enhanced status of a rejected recipient (RFC 3463: 5.7.1, delivery not authorized).
 pub const REJECTED_STATUS: &str = "5.7.1";
@@ -238,7 +239,7 @@ impl Store {
     /// `mode`, and drops any pending release request. Returns how many recipients
     /// were released.
     pub fn review_release(&mut self, id: &QueueId, mode: ReleaseMode) -> Result<usize, QueueError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = begin_write(&mut self.connection)?;
         let released = transaction.execute(
             "UPDATE recipients SET state = 'incoming', route = NULL, reason = NULL,
                  next_attempt = ?2
@@ -263,7 +264,7 @@ impl Store {
     /// queue manager sends the sender one DSN for them. Returns how many were rejected.
     pub fn review_reject(&mut self, id: &QueueId, reason: &str) -> Result<usize, QueueError> {
         let detail = format!("rejected by an administrator: {reason}");
-        let transaction = self.connection.transaction()?;
+        let transaction = begin_write(&mut self.connection)?;
         let rejected = transaction.execute(
             "UPDATE recipients SET state = 'bounced', dsn_pending = 1, expired = 0,
                  last_status = ?2, last_relay = NULL, last_tls = 'none', last_detail = ?3

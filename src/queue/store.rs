@@ -11,12 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::QueueError;
 use crate::envelope::{AcceptedMessage, QueueId};
 use crate::policy::Route;
-use crate::store::{MasterKeys, OpenFailure, open_record, seal_record};
+use crate::store::{MasterKeys, OpenFailure, begin_write, open_record, seal_record};
 
 /// Associated-data name of a queued body, bound into its ciphertext.
 const BODY_PART: &str = "body";
@@ -255,7 +255,7 @@ impl Store {
         messages: &[(QueueId, &AcceptedMessage, &SealedBody, bool)],
     ) -> Result<(), QueueError> {
         let now = now_millis();
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         for (id, message, sealed, is_dsn) in messages {
             insert_message(&transaction, id, message, sealed, *is_dsn, false, now)?;
         }
@@ -290,7 +290,7 @@ impl Store {
     /// transaction, so that one commit serves a whole batch of incoming mail.
     pub fn set_routes_of_all(&mut self, messages: &[MessageRoutes<'_>]) -> Result<(), QueueError> {
         let now = now_millis();
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         for message in messages {
             store_routes(&transaction, &self.keys, message, now)?;
         }
@@ -306,7 +306,7 @@ impl Store {
         lease_until: i64,
         limit: usize,
     ) -> Result<Vec<(QueueId, String, String)>, QueueError> {
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let claimed = {
             let mut select = transaction.prepare_cached(
                 "SELECT message_id, address, route FROM recipients
@@ -424,7 +424,7 @@ impl Store {
         portal_reason: &str,
     ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let mut deleted = Vec::with_capacity(attempts.len());
         for (id, updates) in attempts {
             for update in updates {
@@ -477,7 +477,7 @@ impl Store {
         id: &QueueId,
         addresses: &[String],
     ) -> Result<(), QueueError> {
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         {
             let mut update = transaction.prepare_cached(
                 "UPDATE recipients SET dsn_pending = 0 WHERE message_id = ?1 AND address = ?2",
@@ -493,7 +493,7 @@ impl Store {
     /// Deletes each message whose recipients are all sent or bounced and reported, in one
     /// transaction; returns, for each in order, whether it did.
     pub fn delete_if_done(&mut self, ids: &[QueueId]) -> Result<Vec<bool>, QueueError> {
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let deleted = ids
             .iter()
             .map(|id| delete_if_done(&transaction, id))
@@ -504,7 +504,7 @@ impl Store {
 
     /// Deletes a message and its recipients; returns whether it existed.
     pub fn delete(&mut self, id: &QueueId) -> Result<bool, QueueError> {
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let deleted = delete_message(&transaction, id)?;
         transaction.commit()?;
         Ok(deleted)
@@ -558,7 +558,7 @@ impl Store {
         completions: &[PortalCompletion],
     ) -> Result<Vec<bool>, QueueError> {
         let now = now_millis();
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let mut completed = Vec::with_capacity(completions.len());
         for completion in completions {
             let record = &completion.record;
@@ -610,7 +610,7 @@ impl Store {
     /// Encrypts every body still stored in clear by a version before body encryption, in
     /// one transaction, then truncates the WAL so that its copies of those pages go too.
     fn encrypt_clear_bodies(&mut self) -> Result<(), QueueError> {
-        let transaction = write(&mut self.connection)?;
+        let transaction = begin_write(&mut self.connection)?;
         let clear: Vec<(String, Vec<u8>)> = {
             let mut select =
                 transaction.prepare("SELECT id, body FROM messages WHERE body_key_id IS NULL")?;
@@ -769,13 +769,6 @@ fn store_routes(
         )?;
     }
     Ok(())
-}
-
-/// Starts a write transaction that takes the write lock at once. A deferred one that reads
-/// first cannot wait for the lock once the spool writer has committed in between: SQLite
-/// fails it with "database is locked" whatever the busy timeout.
-fn write(connection: &mut Connection) -> Result<Transaction<'_>, QueueError> {
-    Ok(connection.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
 /// Stores one recipient's result inside the caller's transaction.
@@ -1259,7 +1252,7 @@ pub(super) mod tests {
         other
             .busy_timeout(std::time::Duration::from_millis(50))
             .expect("busy timeout");
-        let transaction = write(&mut store.connection).expect("write transaction");
+        let transaction = begin_write(&mut store.connection).expect("write transaction");
         // Nothing is written yet, and still the other connection must wait: the lock was
         // taken at BEGIN.
         let blocked = other.execute("DELETE FROM messages WHERE id = 'none'", []);

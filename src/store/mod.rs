@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 pub(crate) use config::is_web_url;
@@ -331,9 +331,7 @@ impl HoldStore {
             .map(|(_, envelope)| self.find_active_hold(envelope))
             .collect::<Result<Vec<_>, _>>()?;
         let mut connection = self.lock();
-        // Immediate, so that it waits for a writer in another process (the CLI) instead of
-        // failing once it has read.
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let transaction = begin_write(&mut connection)?;
         let mut held = Vec::with_capacity(copies.len());
         for ((message, envelope), reusable) in copies.iter().zip(reusable) {
             let token = generate_token();
@@ -482,7 +480,7 @@ impl HoldStore {
         decide: impl FnOnce(&SendHistory) -> Result<SendHistory, std::time::Duration>,
     ) -> Result<Result<(), std::time::Duration>, StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction = begin_write(&mut connection)?;
         let state = read_passcode_state(&transaction, id)?
             .ok_or_else(|| StoreError::NotFound(id.clone()))?;
         let history = match decide(&state.history) {
@@ -608,7 +606,7 @@ impl HoldStore {
     /// [`StoreError::Database`].
     pub fn expire_due_ids(&self, now: i64) -> Result<Vec<HeldId>, StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction = begin_write(&mut connection)?;
         let ids = {
             let mut statement = transaction.prepare(
                 "SELECT id FROM held_messages WHERE state = 'active' AND expires_at <= ?1",
@@ -799,6 +797,14 @@ fn read_passcode_state(
             })
         })
         .optional()?)
+}
+
+/// Starts a write transaction that takes the database's write lock at `BEGIN`. A deferred
+/// transaction that reads first cannot wait for the lock once another connection (the
+/// spool writer, the audit log, a CLI command) has committed in between: SQLite then fails
+/// it with "database is locked" whatever the busy timeout.
+pub(crate) fn begin_write(connection: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    connection.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 /// Opens the queue database with the queue's durability settings.
